@@ -1,0 +1,44 @@
+# transferlab — `make run` (set up + dvc repro) and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE :=
+PORT ?= 5000
+
+.PHONY: help setup run test test-slow lint format params ui bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## install what is missing (Debian data packages, .venv with the pinned set)
+	@bash scripts/install.sh
+
+run: setup  ## set up, then run the whole pipeline (dvc repro)
+	TRANSFERLAB_PIPELINE_ID=$$(python -c 'import uuid; print(uuid.uuid4().hex[:12])') dvc repro
+
+test: setup  ## the default test suite (< 10 min on 2 cores)
+	pytest
+
+test-slow: setup  ## the slow tests (full-size runs, dvc exp)
+	pytest -m slow
+
+lint: setup  ## ruff lint + format check
+	ruff check src tests
+	ruff format --check src tests
+
+format: setup
+	ruff format src tests
+	ruff check --fix src tests
+
+params: setup  ## recompose params.yaml from conf/ (OVERRIDES="finetune.lr=0.01 +debug=tiny")
+	transferlab params $(OVERRIDES)
+
+ui: setup  ## MLflow UI on 127.0.0.1:$(PORT) over ./mlflow.db
+	@echo "runs table: http://127.0.0.1:$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
+	mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///mlflow.db --workers 1
+
+clean:  ## remove pipeline outputs and tracking data (not the venv)
+	rm -rf data models reports/*/ mlflow.db mlruns .lightning outputs multirun

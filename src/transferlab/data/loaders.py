@@ -1,0 +1,74 @@
+"""Fast in-memory loaders: whole batches are sliced from preloaded tensors.
+
+The default ``DataLoader`` + ``TensorDataset`` indexes and collates one sample at a time in Python;
+for 28×28 images that costs more than the model step. ``TensorBatches`` implements
+``__getitems__`` so the loader fetches a whole batch with one tensor index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from transferlab.errors import DataSourceError
+
+
+class TensorBatches(Dataset):
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("all tensors need the same first dimension")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(idx)
+        return tuple(t[index] for t in self.tensors)
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+def make_loader(
+    *tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
+    ds = TensorBatches(*tensors)
+    gen = torch.Generator().manual_seed(int(seed))
+    return DataLoader(
+        ds,
+        batch_size=min(int(batch_size), len(ds)),
+        sampler=RandomSampler(ds, generator=gen) if shuffle else None,
+        drop_last=drop_last and len(ds) > batch_size,
+        collate_fn=_passthrough,
+        num_workers=0,
+    )
+
+
+def load_dataset(path: str | Path) -> dict[str, Any]:
+    """Load a processed dataset written by the data stage (tensors only: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataSourceError(
+            f"processed dataset {path} is missing: run `dvc repro` (the data stage builds it)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataSourceError(
+            f"processed dataset {path} is unreadable ({type(exc).__name__}); delete it and re-run the data stage"
+        ) from None
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float in [0, 1] (done per batch: storing floats would cost 4× the memory)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()

@@ -1,0 +1,151 @@
+"""Stage ``evaluate``: test every fine-tuned classifier with torchmetrics and report the gain.
+
+Per target and variant: accuracy, macro-F1, NLL, expected calibration error (ECE, ``ece_bins``
+equal-width confidence bins, L1), the train/val/test loss and the generalisation gap
+``gen_gap = test/loss − train/loss``; per target, ``gain = acc(pretrained) − acc(scratch)`` where
+``pretrained`` is the primary objective (``objective`` in params.yaml). ``*/loss`` is the fine-tuning
+criterion (cross-entropy with ``finetune.label_smoothing``); ``test/nll`` is plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from transferlab.io import write_json
+from transferlab.stages.common import route_dirs
+from transferlab.stages.finetune import variants
+from transferlab.tracking import StageRun
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    from transferlab.data.loaders import to_float
+
+    model.eval()
+    return torch.cat([model(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def classification_metrics(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    ece_bins: int = 15,
+    label_smoothing: float = 0.0,
+) -> dict[str, float]:
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_calibration_error,
+        multiclass_f1_score,
+    )
+
+    from transferlab.objectives.losses import supervised_ce
+
+    return {
+        "acc": float(multiclass_accuracy(logits, y, num_classes=num_classes, average="micro")),
+        "f1_macro": float(multiclass_f1_score(logits, y, num_classes=num_classes, average="macro")),
+        "nll": float(supervised_ce(logits, y)),
+        "ece": float(
+            multiclass_calibration_error(
+                logits.softmax(-1), y, num_classes=num_classes, n_bins=ece_bins, norm="l1"
+            )
+        ),
+        "loss": float(supervised_ce(logits, y, label_smoothing)),
+    }
+
+
+def evaluate_target(
+    cfg: DictConfig, route: str, target: str, partner: str | None
+) -> dict[str, dict[str, float]]:
+    from transferlab.data.loaders import load_dataset
+    from transferlab.models.checkpoint import load_classifier
+
+    dirs = route_dirs(cfg, route)
+    data = load_dataset(dirs["data"] / "targets" / f"{target}.pt")
+    ood = load_dataset(dirs["data"] / "targets" / f"{partner}.pt") if partner else None
+    k = len(data["classes"])
+    ls = float(cfg.finetune.get("label_smoothing", 0.0))
+    bins = int(cfg.evaluate.get("ece_bins", 15))
+    rows: dict[str, dict[str, float]] = {}
+    for variant in variants(cfg, route):
+        model, _ = load_classifier(dirs["finetune"] / variant / f"{target}.pt")
+        m = {
+            split: classification_metrics(
+                predict(model, data[split]["x"]), data[split]["y"], k, bins, ls
+            )
+            for split in ("train", "val", "test")
+        }
+        row = {
+            "test/acc": m["test"]["acc"],
+            "test/f1_macro": m["test"]["f1_macro"],
+            "test/nll": m["test"]["nll"],
+            "test/ece": m["test"]["ece"],
+            "train/loss": m["train"]["loss"],
+            "val/loss": m["val"]["loss"],
+            "test/loss": m["test"]["loss"],
+            "gen_gap": m["test"]["loss"] - m["train"]["loss"],
+            "train/acc": m["train"]["acc"],
+            "val/acc": m["val"]["acc"],
+        }
+        if ood is not None:
+            row["ood/acc"] = classification_metrics(
+                predict(model, ood["test"]["x"]), ood["test"]["y"], k, bins, ls
+            )["acc"]
+        rows[variant] = {key: round(v, 6) for key, v in row.items()}
+    return rows
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    import json
+
+    from transferlab.plots import accuracy_bars, learning_curves
+
+    route = str(cfg.route)
+    dirs = route_dirs(cfg, route)
+    targets = list(map(str, cfg.data[route].targets))
+    primary = str(cfg.objective)
+    manifest = json.loads(dirs["manifest"].read_text()) if dirs["manifest"].exists() else {}
+    partners = manifest.get("ood_partner", {})
+    report: dict[str, Any] = {"route": route, "primary_objective": primary, "targets": {}}
+    bars: dict[str, dict[str, float]] = {}
+    plot_rows: list[dict[str, Any]] = []
+    with StageRun(
+        cfg,
+        "evaluate",
+        tags={"route": route, "run_name": f"evaluate:{route}"},
+        manifest=dirs["manifest"],
+    ) as tr:
+        for target in targets:
+            rows = evaluate_target(cfg, route, target, partners.get(target))
+            entry: dict[str, Any] = {"pretrained": rows[primary], "scratch": rows["scratch"]}
+            entry.update({v: r for v, r in rows.items() if v not in ("scratch",)})
+            entry["gain"] = round(rows[primary]["test/acc"] - rows["scratch"]["test/acc"], 6)
+            entry["gains"] = {
+                v: round(r["test/acc"] - rows["scratch"]["test/acc"], 6)
+                for v, r in rows.items()
+                if v != "scratch"
+            }
+            report["targets"][target] = entry
+            bars[target] = {v: r["test/acc"] for v, r in rows.items()}
+            plot_rows += [
+                {"run": f"{target}/{v}", "test_acc": r["test/acc"]} for v, r in rows.items()
+            ]
+            tr.log_metrics(
+                {f"{target}/{v}/{k}": val for v, r in rows.items() for k, val in r.items()}
+            )
+            tr.log_metrics({f"{target}/gain": entry["gain"]})
+        out = dirs["reports"]
+        write_json(out / "evaluate.json", report)
+        write_json(out / "plots" / "accuracy.json", plot_rows)
+        accuracy_bars(bars, out / "plots" / "accuracy.png", f"{route}: test accuracy per target")
+        history_path = dirs["finetune"] / "history.json"
+        if history_path.exists():
+            learning_curves(
+                json.loads(history_path.read_text())["targets"],
+                out / "plots" / "learning_curves.png",
+            )
+        for name in ("evaluate.json", "plots/accuracy.png", "plots/learning_curves.png"):
+            tr.log_artifact(out / name, "reports")
+    return report

@@ -1,0 +1,269 @@
+"""MLflow tracking for every stage execution, plus the progress bars stages share.
+
+One MLflow run per stage execution, tagged with the DVC stage name, the git commit, a pipeline id
+shared by the stages of one ``dvc repro`` and the data manifest hash; each fit inside a stage (one per
+target × variant) is a nested child run. Imports of ``mlflow`` and ``lightning`` stay inside
+functions so that ``--help`` and config validation start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import ConfigError
+
+SECRET_MARKERS = ("password", "secret", "token", "api_key", "apikey", "credential")
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar (a no-op one when disabled, e.g. in tests)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    ) as bar:
+        yield bar
+
+
+def _proc_start(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        # Field 22 (starttime) follows the parenthesised command, which may itself contain spaces.
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def pipeline_id() -> str:
+    """An id shared by the stages of one ``dvc repro``.
+
+    ``TRANSFERLAB_PIPELINE_ID`` wins (``make run`` sets it); otherwise the nearest ancestor ``dvc``
+    process (pid + start time, so ids never repeat) identifies the run; outside DVC, this process.
+    """
+    if env := os.environ.get("TRANSFERLAB_PIPELINE_ID"):
+        return env
+    pid = os.getpid()
+    try:
+        cur = os.getppid()
+        for _ in range(16):
+            if cur <= 1:
+                break
+            cmd = Path(f"/proc/{cur}/cmdline").read_bytes().split(b"\0")
+            if any(Path(c.decode(errors="ignore")).name == "dvc" for c in cmd[:2]):
+                pid = cur
+                break
+            with open(f"/proc/{cur}/stat") as f:
+                cur = int(f.read().rsplit(")", 1)[1].split()[1])
+        key = f"{os.uname().nodename}-{pid}-{_proc_start(pid)}"
+    except OSError:
+        key = f"{os.uname().nodename}-{pid}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def git_commit(cwd: str | os.PathLike[str] = ".") -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted-key params for MLflow; values that look like secrets are never logged."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif any(m in name.lower() for m in SECRET_MARKERS):
+            out[name] = "***"
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, before any training, when the tracking store cannot be reached or written."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise ConfigError(
+                f"logger.tracking_uri={uri}: directory '{parent}' is missing or not writable"
+            )
+    elif uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+        except Exception as exc:
+            raise ConfigError(
+                f"logger.tracking_uri={uri} is unreachable ({_one_line(exc)}); start the server or use sqlite:///mlflow.db"
+            ) from None
+
+
+class StageRun:
+    """Context manager: one MLflow run for a stage execution, FAILED with the reason on error."""
+
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        stage: str,
+        tags: Mapping[str, str] | None = None,
+        manifest: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.logger_cfg = cfg.get("logger", {}) or {}
+        self.enabled = bool(self.logger_cfg.get("enabled", True))
+        self.tags = dict(tags or {})
+        self.manifest = manifest
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self.logger_cfg.get("tracking_uri", "sqlite:///mlflow.db"))
+
+    def __enter__(self) -> StageRun:
+        if not self.enabled:
+            return self
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp_name = str(self.logger_cfg.get("experiment", "transferlab"))
+        exp = mlflow.get_experiment_by_name(exp_name)
+        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(exp_name)
+        tags = {
+            "transferlab.stage": self.stage,
+            "dvc.stage": os.environ.get("TRANSFERLAB_DVC_STAGE", self.stage),
+            "git.commit": git_commit(),
+            "pipeline.id": pipeline_id(),
+            "mlflow.source.name": "transferlab " + " ".join(sys.argv[1:]),
+            **self.tags,
+        }
+        if self.manifest is not None and self.manifest.exists():
+            tags["data.manifest_hash"] = json.loads(self.manifest.read_text()).get("hash", "")
+        run = mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=self.tags.get("run_name", self.stage),
+            tags=tags,
+        )
+        self.run_id = run.info.run_id
+        params = flatten(self.cfg)
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow caps one batch at 100 params
+            mlflow.log_params(dict(items[i : i + 100]))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        if exc is not None:
+            mlflow.set_tag("error", _one_line(exc))
+            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        else:
+            mlflow.end_run(status="FINISHED")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if self.enabled and Path(path).exists():
+            import mlflow
+
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_text(text, name)
+
+    def lightning_logger(self, run_name: str, tags: Mapping[str, str] | None = None) -> Any:
+        """A Lightning logger writing into a new child run of this stage run (or ``False``)."""
+        if not self.enabled:
+            return False
+        import mlflow
+
+        child = mlflow.MlflowClient().create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={
+                "mlflow.parentRunId": self.run_id,
+                "transferlab.stage": self.stage,
+                **(tags or {}),
+            },
+        )
+        return make_buffered_logger(self.tracking_uri, child.info.run_id)
+
+
+def make_buffered_logger(tracking_uri: str, run_id: str) -> Any:
+    """Lightning's MLFlowLogger, buffering metrics so a fit costs one DB write, not one per log step.
+
+    A subclass rather than a new logger: it keeps MLFlowLogger's naming, hyper-parameter and
+    finalisation behaviour, and only moves the write from every ``log_every_n_steps`` to flushes of
+    up to 1,000 metrics (MLflow's batch limit) at the end of each epoch and of the fit.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.entities import Metric
+
+    class BufferedMLFlowLogger(MLFlowLogger):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._buffer: list[Metric] = []
+
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+            import time
+
+            ts = int(time.time() * 1000)
+            self._buffer.extend(
+                Metric(key=k, value=float(v), timestamp=ts, step=step or 0)
+                for k, v in metrics.items()
+                if not isinstance(v, str)
+            )
+
+        def flush(self) -> None:
+            while self._buffer:
+                batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
+                self.experiment.log_batch(run_id=self.run_id, metrics=batch)
+
+        def save(self) -> None:
+            super().save()
+            self.flush()
+
+        def finalize(self, status: str = "success") -> None:
+            self.flush()
+            super().finalize(status)
+
+    return BufferedMLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
