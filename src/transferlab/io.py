@@ -62,7 +62,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` through a buffer: saving to a path embeds the (temporary) file name in the
+    archive, so identical tensors would give different bytes and DVC would see a change."""
+    import io
+
     import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())

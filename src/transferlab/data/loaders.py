@@ -70,5 +70,8 @@ def load_dataset(path: str | Path) -> dict[str, Any]:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images → float in [0, 1] (done per batch: storing floats would cost 4× the memory)."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    """Model input from stored tensors: uint8 images → float in [0, 1] (converted per batch: storing
+    floats would cost 4× the memory); integer token ids pass through unchanged."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x if not torch.is_floating_point(x) else x.float()

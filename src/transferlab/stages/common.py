@@ -19,6 +19,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARN
 logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 
 def seed_all(seed: int) -> None:
@@ -100,12 +101,3 @@ def route_dirs(cfg: Mapping[str, Any], route: str) -> dict[str, Path]:
         "finetune": models / "finetune",
         "reports": reports,
     }
-
-
-def route_modules(route: str) -> Any:
-    """The route's data helpers (image only today; the text route registers itself the same way)."""
-    if route == "image":
-        from transferlab.data import image as mod
-
-        return mod
-    raise ValueError(route)

@@ -8,8 +8,10 @@ are identical across variants of one target.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.io import write_json
@@ -29,8 +31,12 @@ def finetune_one(
     variant: str,
     data: dict[str, Any],
     logger: Any = False,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[Any, list[dict[str, float]]]:
-    """Fine-tune one (target, variant) and return the trained classifier with its epoch history."""
+    """Fine-tune one (target, variant) and return the trained classifier with its epoch history.
+
+    ``callbacks`` are added to the trainer (e.g. an Optuna pruning callback in sweeps).
+    """
     from transferlab.data.loaders import make_loader
     from transferlab.finetune.freezing import FreezeSchedule
     from transferlab.finetune.module import FinetuneModule
@@ -72,8 +78,16 @@ def finetune_one(
         total_steps=steps,
     )
     history = History()
+    freeze = FreezeSchedule(
+        mode="fixed",
+        freeze_depth=int(fcfg.get("freeze_depth", 0)),
+        freeze_norm_stats=bool(fcfg.get("freeze_norm_stats", True)),
+    )
     trainer = make_trainer(
-        cfg.trainer, max_epochs=int(fcfg.max_epochs), logger=logger, callbacks=[history]
+        cfg.trainer,
+        max_epochs=int(fcfg.max_epochs),
+        logger=logger,
+        callbacks=[history, freeze, *callbacks],
     )
     trainer.fit(module, train, val)
     return model, history.epochs
