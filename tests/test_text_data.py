@@ -66,7 +66,10 @@ def test_layout_and_manifest(built: tuple[Path, dict]) -> None:
         "targets/kjv.pt",
     }
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["data_hash"] == manifest["data_hash"]
+    assert on_disk["data_hash"] == manifest["data_hash"] == on_disk["hash"]
+    # split sizes per dataset, in the image manifest's layout (the data stage logs them)
+    assert on_disk["datasets"]["fortunes"]["splits"]["train"] == 4 * TINY_CFG["shots_per_class"]
+    assert on_disk["datasets"]["source"]["splits"] == on_disk["source"]["blocks"]
     assert on_disk["tokenizer"]["special_ids"] == {
         "[PAD]": 0,
         "[UNK]": 1,
@@ -81,7 +84,9 @@ def test_source_blocks(built: tuple[Path, dict]) -> None:
     out, manifest = built
     source = torch.load(out / "source.pt")
     assert set(source) == {"train", "val", "test"}
-    for split, blocks in source.items():
+    for split, part in source.items():
+        assert set(part) == {"x"}, "LM blocks have no labels"
+        blocks = part["x"]
         assert blocks.dtype == torch.long
         assert blocks.ndim == 2 and blocks.shape[1] == TINY_CFG["seq_len"]
         assert blocks.shape[0] == manifest["source"]["blocks"][split] > 0
@@ -97,8 +102,9 @@ def test_classification_target_format(built: tuple[Path, dict]) -> None:
     assert data["classes"] == sorted(DEFAULT_TEXT_CFG["loader_options"]["fortunes"]["categories"])
     L = TINY_CFG["seq_len"]
     for split in ("train", "val", "test"):
-        ids, labels = data[split]["ids"], data[split]["labels"]
+        ids, labels = data[split]["x"], data[split]["y"]
         assert ids.dtype == labels.dtype == torch.long
+        assert len(data[split]["text"]) == len(ids)  # raw texts, for backbones with own tokenizers
         assert ids.shape == (labels.shape[0], L)
         assert int(labels.max()) < len(data["classes"])
         # every item ends in [SEP] followed only by padding
@@ -112,8 +118,9 @@ def test_lm_target_format(built: tuple[Path, dict]) -> None:
     out, manifest = built
     data = torch.load(out / "targets/commons.pt")
     assert data["task"] == "lm" and data["classes"] == []
-    assert data["train"] is data["unlabelled"]  # alias, stored once
-    assert torch.equal(data["test"], data["lm_test"])
+    assert data["train"]["x"] is data["unlabelled"]  # alias, stored once
+    assert torch.equal(data["test"]["x"], data["lm_test"])
+    assert "y" not in data["train"]
     assert data["unlabelled"].shape == (TINY_CFG["max_unlabelled_blocks"], TINY_CFG["seq_len"])
     docs = manifest["targets"]["commons"]["docs"]
     assert docs["train"] + docs["val"] + docs["test"] == docs["total"]
@@ -130,7 +137,7 @@ def test_few_shot_counts_exact(built: tuple[Path, dict], name: str) -> None:
         ("val", "val_per_class"),
         ("test", "test_per_class"),
     ):
-        counts = torch.bincount(data[split]["labels"], minlength=n_cls)
+        counts = torch.bincount(data[split]["y"], minlength=n_cls)
         assert counts.tolist() == [TINY_CFG[per]] * n_cls
         assert set(manifest["targets"][name]["class_counts"][split].values()) == {TINY_CFG[per]}
 
@@ -139,7 +146,7 @@ def test_few_shot_counts_exact(built: tuple[Path, dict], name: str) -> None:
 def test_target_splits_share_no_item(built: tuple[Path, dict], name: str) -> None:
     out, _ = built
     data = torch.load(out / f"targets/{name}.pt")
-    rows = {s: {tuple(r) for r in data[s]["ids"].tolist()} for s in ("train", "val", "test")}
+    rows = {s: {tuple(r) for r in data[s]["x"].tolist()} for s in ("train", "val", "test")}
     assert not rows["train"] & rows["test"]
     assert not rows["train"] & rows["val"]
     assert not rows["val"] & rows["test"]

@@ -4,7 +4,7 @@
 
     out_dir/
       tokenizer.json        Hugging Face `tokenizers` BPE, trained on the SOURCE TRAIN split only
-      source.pt             {"train"|"val"|"test": LongTensor (N, seq_len)}  LM blocks
+      source.pt             {"train"|"val"|"test": {"x": LongTensor (N, seq_len)}}  LM blocks
       targets/<name>.pt     one file per target (formats below)
       manifest.json         sizes, class counts, sha256 of every tensor and file, tokenizer hash
 
@@ -12,7 +12,10 @@ LM blocks are contiguous, non-overlapping ``seq_len`` windows of the documents o
 concatenated in a seeded order with ``[SEP]`` after each document (the remainder is dropped).
 For causal LM use ``ids[:, :-1] → ids[:, 1:]``; they contain no padding.
 
-Classification items (``ids``) are one text each: its tokens truncated to ``seq_len - 1``,
+Splits follow the image route's convention (``{"x": inputs, "y": labels}``), so the shared stages
+load both routes alike; a split without labels (LM blocks) has no ``"y"``.
+
+Classification items (``x``) are one text each: its tokens truncated to ``seq_len - 1``,
 then ``[SEP]``, then ``[PAD]`` (id 0) up to ``seq_len``. The trailing ``[SEP]`` marks the end as in
 the LM stream, so a causal decoder's last non-pad position has read the whole text.
 
@@ -21,17 +24,20 @@ Target file formats (every target has ``name``, ``task``, ``seq_len``, ``unlabel
 
 - ``task == "classification"`` (fortunes, healthtweets, kjv)::
 
-    {"train": {"ids": Long (C*shots, L), "labels": Long (C*shots,)},   # few-shot, balanced
-     "val":   {"ids": Long (C*val_per_class, L), "labels": ...},
-     "test":  {"ids": Long (C*test_per_class, L), "labels": ...},
+    {"train": {"x": Long (C*shots, L), "y": Long (C*shots,), "text": [str]},  # few-shot, balanced
+     "val":   {"x": Long (C*val_per_class, L), "y": ..., "text": ...},
+     "test":  {"x": Long (C*test_per_class, L), "y": ..., "text": ...},
      "classes": [str, ...] (sorted; label i is classes[i]),
      "unlabelled": Long (M, L) LM blocks of the items outside val/test (the pool the few-shot
                    train set was drawn from), for domain-adaptive pre-training / perplexity,
      "lm_val", "lm_test": Long LM blocks of the val / test items' text}
 
+  ``text`` holds each item's raw text (same order as ``x``), so a backbone with its own tokenizer
+  (all-MiniLM-L6-v2's WordPiece) re-encodes the very same items at fine-tuning time.
+
 - ``task == "lm"`` (commons, bundestag; their labels are near chance)::
 
-    {"train" (the same tensor as "unlabelled"), "val" (= "lm_val"), "test" (= "lm_test"):
+    {"train": {"x": the "unlabelled" tensor}, "val": {"x": "lm_val"}, "test": {"x": "lm_test"}:
      Long (·, L) LM blocks of disjoint document splits, "classes": []}
 
 Splits are made per document/item *before* anything is sampled, so train/val/test never share a
@@ -44,7 +50,8 @@ the manifest hashes), and a target's files do not change when other targets are 
 ids; for the source the document counts, block counts, token counts and ``doc_index`` (indices
 into ``dedupe_docs(load_news())`` per split); per target the task, split shapes, class counts,
 [UNK] rate and truncation rate; a sha256 per tensor (dtype + shape + bytes), per file, and
-``data_hash`` over all file hashes (the one id to tag runs with).
+``data_hash`` over all file hashes (the one id to tag runs with; also stored as ``hash``, the key
+the shared stages read, next to ``datasets``: split sizes per dataset, as in the image manifest).
 """
 
 from __future__ import annotations
@@ -461,9 +468,9 @@ def _build_lm_target(
         "classes": [],
         **blocks,
         # Aliases of the same tensors (torch.save stores shared storage once).
-        "train": blocks["unlabelled"],
-        "val": blocks["lm_val"],
-        "test": blocks["lm_test"],
+        "train": {"x": blocks["unlabelled"]},
+        "val": {"x": blocks["lm_val"]},
+        "test": {"x": blocks["lm_test"]},
     }
     info = {
         "task": "lm",
@@ -508,8 +515,9 @@ def _build_cls_target(
     }
     for split in ("train", "val", "test"):
         data[split] = {
-            "ids": encode_batch(tok, [texts[i] for i in idx[split]], L),
-            "labels": torch.tensor([cid[labels[i]] for i in idx[split]], dtype=torch.long),
+            "x": encode_batch(tok, [texts[i] for i in idx[split]], L),
+            "y": torch.tensor([cid[labels[i]] for i in idx[split]], dtype=torch.long),
+            "text": [texts[i] for i in idx[split]],
         }
     data["unlabelled"] = lm_blocks(
         tok, [texts[i] for i in idx["pool"]], L, cfg["max_unlabelled_blocks"]
@@ -521,12 +529,10 @@ def _build_cls_target(
         "classes": classes,
         "items": {"total": len(items), "pool": len(idx["pool"])},
         "available_per_class": dict(sorted(Counter(labels).items())),
-        "class_counts": {
-            s: _class_counts(data[s]["labels"], classes) for s in ("train", "val", "test")
-        },
+        "class_counts": {s: _class_counts(data[s]["y"], classes) for s in ("train", "val", "test")},
         "blocks": {k: int(data[k].shape[0]) for k in ("unlabelled", "lm_val", "lm_test")},
         "unk_rate": _unk_rate(data["unlabelled"], tok),
-        "truncated_frac_test": _truncated_frac(data["test"]["ids"], tok),
+        "truncated_frac_test": _truncated_frac(data["test"]["x"], tok),
     }
     return data, info
 
@@ -623,7 +629,8 @@ def build_text_data(
         tok.save(str(tok_path))
         tok_hash = file_sha256(tok_path)
         source = {
-            k: lm_blocks(tok, [docs[i] for i in sdoc[k]], L) for k in ("train", "val", "test")
+            k: {"x": lm_blocks(tok, [docs[i] for i in sdoc[k]], L)}
+            for k in ("train", "val", "test")
         }
         save_tensors(tmp / "source.pt", source)
         manifest["tokenizer"] = {
@@ -638,8 +645,8 @@ def build_text_data(
             "name": cfg["source"],
             "file": "source.pt",
             "docs": {"available": n_all, **{k: len(v) for k, v in sdoc.items()}},
-            "blocks": {k: int(v.shape[0]) for k, v in source.items()},
-            "tokens": {k: int(v.numel()) for k, v in source.items()},
+            "blocks": {k: int(v["x"].shape[0]) for k, v in source.items()},
+            "tokens": {k: int(v["x"].numel()) for k, v in source.items()},
             "doc_index": {k: sorted(v) for k, v in sdoc.items()},
             "sha256": _hashes(source),
         }
@@ -673,6 +680,14 @@ def build_text_data(
         manifest["data_hash"] = hashlib.sha256(
             json.dumps(manifest["files"], sort_keys=True).encode()
         ).hexdigest()
+        manifest["hash"] = manifest["data_hash"]
+        manifest["datasets"] = {
+            "source": {"splits": dict(manifest["source"]["blocks"])},
+            **{
+                name: {"splits": {s: shapes[f"{s}.x"][0] for s in ("train", "val", "test")}}
+                for name, shapes in ((n, t["shapes"]) for n, t in manifest["targets"].items())
+            },
+        }
         write_json(tmp / "manifest.json", manifest)
         bar.advance(task)
     manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
