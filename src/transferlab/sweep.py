@@ -1,0 +1,223 @@
+"""``python -m transferlab.sweep``: one fine-tuning trial as a Hydra app, swept by Optuna.
+
+    python -m transferlab.sweep -m hparams_search=lr_freeze_wd          # an Optuna study
+    python -m transferlab.sweep -m hparams_search=lr_freeze_wd +debug=tiny hydra.sweeper.n_trials=8
+    python -m transferlab.sweep finetune.lr=0.003                       # one trial, no Optuna
+
+A trial composes ``conf/`` (with the trial's overrides), validates it, fine-tunes ``sweep.target``
+from the primary objective's pre-trained backbone (``models/<route>/pretrain/<objective>/``, made
+by ``dvc repro``) with :func:`transferlab.stages.finetune.finetune_one` — the very function the
+pipeline's finetune stage runs, so the exported best config reproduces the trial's number through
+``dvc exp run`` — and returns ``sweep.metric`` of the validation split: the last epoch's value
+(``sweep.reduce=last``, the model the pipeline keeps) or the best epoch's (``best``).
+
+Under the Optuna sweeper (``hydra_plugins/transferlab_optuna_sweeper``) each epoch's metric is
+reported to the trial; the study's pruner may stop the trial (``optuna.TrialPruned``, recorded as
+PRUNED), and the fit's curves go to the trial's MLflow child run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from transferlab.config import conf_dir, validate
+from transferlab.errors import CheckpointError, ConfigError, TrainingError
+
+REDUCE = ("last", "best")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    route: str
+    target: str
+    variant: str
+    metrics: list[str]
+    directions: list[str]
+    reduce: str
+    pretrain: bool
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, ListConfig | list | tuple):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def trial_spec(cfg: DictConfig) -> TrialSpec:
+    """Check the ``sweep`` node (one line naming the bad key, like ``transferlab.config``)."""
+    node = cfg.get("sweep")
+    if not isinstance(node, DictConfig):
+        raise ConfigError(
+            "config node 'sweep' is missing: conf/config.yaml needs `- sweep: default`"
+        )
+    route = str(cfg.route)
+    targets = [str(t) for t in cfg.data[route].targets]
+    target = str(node.get("target"))
+    if target not in targets:
+        raise ConfigError(
+            f"sweep.target={target!r} is not a target of route {route}; allowed: {', '.join(targets)}"
+        )
+    pretrain = bool(node.get("pretrain", False))
+    variant = str(node.get("variant") or cfg.objective)
+    allowed = [str(o) for o in (cfg.objectives if pretrain else cfg.pretrain[route].objectives)]
+    if variant not in [*allowed, "scratch"]:
+        raise ConfigError(
+            f"sweep.variant={variant!r} is not allowed; choose one of: {', '.join([*allowed, 'scratch'])}"
+        )
+    if pretrain and variant == "scratch":
+        raise ConfigError(
+            "sweep.pretrain=true needs a pre-training objective as sweep.variant, not scratch"
+        )
+    metrics = _as_list(node.get("metric", "val/acc"))
+    directions = [d.lower() for d in _as_list(node.get("direction", "maximize"))]
+    if len(directions) != len(metrics) or any(d not in DIRECTIONS for d in directions):
+        raise ConfigError(
+            f"sweep.direction={directions} must give maximize or minimize for each of sweep.metric={metrics}"
+        )
+    reduce = str(node.get("reduce", "last"))
+    if reduce not in REDUCE:
+        raise ConfigError(
+            f"sweep.reduce={reduce!r} is not allowed; choose one of: {', '.join(REDUCE)}"
+        )
+    return TrialSpec(route, target, variant, metrics, directions, reduce, pretrain)
+
+
+def reduce_history(
+    history: list[dict[str, float]], metrics: list[str], directions: list[str], how: str
+) -> list[float]:
+    """One number per metric from the per-epoch history: the last epoch's or the best epoch's."""
+    out: list[float] = []
+    for metric, direction in zip(metrics, directions, strict=True):
+        values = [float(row[metric]) for row in history if metric in row]
+        if not values:
+            logged = sorted({k for row in history for k in row if "/" in k})
+            raise ConfigError(
+                f"sweep.metric={metric!r} was never logged; logged: {', '.join(logged)}"
+            )
+        if how == "best":
+            value = max(values) if direction == "maximize" else min(values)
+        else:
+            value = values[-1]
+        if not math.isfinite(value):
+            raise TrainingError(f"{metric} is {value}: the fit diverged")
+        out.append(value)
+    return out
+
+
+def pruning_callback(trial: Any, monitor: str, max_epochs: int) -> Any:
+    """A Lightning callback reporting ``monitor`` to the Optuna trial after each validation epoch.
+
+    When the study's pruner says so it raises ``optuna.TrialPruned``, which ends ``fit`` and is
+    recorded as PRUNED. Never at the last epoch: the budget is spent, the trial counts as finished.
+    """
+    import optuna
+    from lightning.pytorch.callbacks import Callback
+
+    class OptunaReport(Callback):
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.sanity_checking or monitor not in trainer.callback_metrics:
+                return
+            epoch = int(trainer.current_epoch)
+            value = float(trainer.callback_metrics[monitor])
+            if not math.isfinite(value):
+                raise TrainingError(f"{monitor} became {value} at epoch {epoch}")
+            trial.report(value, step=epoch)
+            if epoch + 1 < max_epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: {monitor}={value:.4g}")
+
+    return OptunaReport()
+
+
+def _output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / "sweep"
+
+
+def _pretrain_here(cfg: DictConfig, spec: TrialSpec, out: Path) -> DictConfig:
+    """Pre-train the trial's own backbone under ``out/models`` and point ``paths.models_dir`` there."""
+    from transferlab.stages import pretrain
+
+    pcfg = OmegaConf.merge(
+        cfg,
+        {
+            "paths": {"models_dir": str(out / "models")},
+            "objective": spec.variant,
+            "logger": {"enabled": False},
+        },
+    )
+    validate(pcfg, "pretrain")
+    pretrain.run(pcfg)
+    return OmegaConf.merge(pcfg, {"objective": cfg.objective})
+
+
+def run_trial(cfg: DictConfig) -> float | list[float]:
+    """Fine-tune ``sweep.target`` once and return ``sweep.metric`` (a list for several metrics)."""
+    validate(cfg, "finetune")
+    spec = trial_spec(cfg)
+
+    from hydra_plugins.transferlab_optuna_sweeper import trial_context
+    from transferlab.data.loaders import load_dataset
+    from transferlab.io import write_json
+    from transferlab.stages.common import configure_torch, route_dirs
+    from transferlab.stages.finetune import finetune_one
+
+    configure_torch(cfg.trainer)
+    out = _output_dir()
+    run_cfg = cfg
+    if spec.pretrain:
+        run_cfg = _pretrain_here(cfg, spec, out)
+    elif spec.variant != "scratch":
+        backbone = route_dirs(cfg, spec.route)["pretrain"] / spec.variant / "backbone.pt"
+        if not backbone.exists():
+            raise CheckpointError(
+                f"{backbone} is missing: run `dvc repro` (at least pretrain-{spec.route}) before "
+                "sweeping, or set sweep.pretrain=true"
+            )
+    data = load_dataset(route_dirs(cfg, spec.route)["data"] / "targets" / f"{spec.target}.pt")
+
+    ctx = trial_context()
+    callbacks = []
+    if ctx is not None and not ctx.multi_objective:
+        callbacks.append(
+            pruning_callback(ctx.trial(), spec.metrics[0], int(cfg.finetune.max_epochs))
+        )
+    logger: Any = False
+    if ctx is not None and ctx.mlflow_run_id and cfg.logger.get("enabled", True):
+        from transferlab.tracking import make_buffered_logger
+
+        logger = make_buffered_logger(str(cfg.logger.tracking_uri), ctx.mlflow_run_id)
+
+    _, history = finetune_one(
+        run_cfg, spec.route, spec.target, spec.variant, data, logger, callbacks
+    )
+    values = reduce_history(history, spec.metrics, spec.directions, spec.reduce)
+    write_json(
+        out / "result.json",
+        {
+            "target": spec.target,
+            "variant": spec.variant,
+            "reduce": spec.reduce,
+            "metrics": dict(zip(spec.metrics, values, strict=True)),
+            "history": history,
+        },
+    )
+    return values[0] if len(values) == 1 else values
+
+
+@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
+def main(cfg: DictConfig) -> float | list[float]:
+    return run_trial(cfg)
+
+
+if __name__ == "__main__":
+    main()
