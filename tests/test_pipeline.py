@@ -61,7 +61,15 @@ def test_every_stage_is_tracked_in_mlflow(tiny_pipeline: Path) -> None:
         status[run_id] = st
     stage_runs = {r: t for r, t in by_run.items() if "pipeline.id" in t}
     stages = {t["transferlab.stage"] for t in stage_runs.values()}
-    assert stages == {"data", "pretrain", "finetune", "evaluate", "shift-analysis"}
+    assert stages == {
+        "data",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "shift-analysis",
+        "curves",
+        "summary",
+    }
     assert len({t["pipeline.id"] for t in stage_runs.values()}) == 1, (
         "one dvc repro = one pipeline id"
     )
@@ -103,3 +111,39 @@ def test_finetune_knob_invalidates_only_downstream_stages(tiny_pipeline: Path) -
     changed = set(status)
     assert "finetune@image" in changed
     assert not any(s.startswith(("data@", "pretrain-image@")) for s in changed), changed
+
+
+def test_rows_per_objective_and_strategy_and_wise_endpoints(tiny_pipeline: Path) -> None:
+    report = json.loads((tiny_pipeline / "reports/image/evaluate.json").read_text())
+    for target, entry in report["targets"].items():
+        for variant in (
+            "mae",
+            "supervised",
+            "mae/linear_probe",
+            "mae/lp_ft",
+            "mae/l2sp",
+            "mae/multitask",
+        ):
+            assert "test/acc" in entry[variant], (target, variant)
+        # WiSE-FT: alpha = 0 is the linear probe (pre-trained backbone), alpha = 1 the fine-tuned model.
+        assert entry["mae/wise_0"] == entry["mae/linear_probe"], target
+        assert entry["mae/wise_1"] == entry["mae"], target
+        assert entry["pretrained"] == entry["mae"]
+
+
+def test_summary_lists_every_target_of_every_route(tiny_pipeline: Path) -> None:
+    summary = (tiny_pipeline / "reports/summary.md").read_text()
+    for route in ("image", "text"):
+        report = json.loads((tiny_pipeline / f"reports/{route}/evaluate.json").read_text())
+        shift = json.loads((tiny_pipeline / f"reports/{route}/shift.json").read_text())
+        assert f"## {route} route" in summary
+        for target in {*shift["targets"], *report["targets"]}:
+            rows = [line for line in summary.splitlines() if line.startswith(f"| {target} |")]
+            assert len(rows) == 1, (route, target)
+            cells = [c.strip() for c in rows[0].strip("|").split("|")]
+            assert cells[1] != "–", f"{route}/{target}: its first shift measure is missing"
+    curves = json.loads((tiny_pipeline / "reports/image/curves.json").read_text())
+    for target, c in curves["targets"].items():
+        assert set(c["freeze_depth"]) == {"0", "4"}, target
+        assert set(c["shots"]) == {"mae", "scratch"}
+    assert (tiny_pipeline / "reports/image/plots/confusion.png").read_bytes()[:4] == b"\x89PNG"

@@ -54,8 +54,9 @@ def kl_vs_gain(
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     if kl_err is not None:
-        lo = [k - e[0] for k, e in zip(kl, kl_err, strict=True)]
-        hi = [e[1] - k for k, e in zip(kl, kl_err, strict=True)]
+        # A percentile interval of a biased estimator need not contain the point estimate.
+        lo = [max(0.0, k - e[0]) for k, e in zip(kl, kl_err, strict=True)]
+        hi = [max(0.0, e[1] - k) for k, e in zip(kl, kl_err, strict=True)]
         ax.errorbar(kl, gain, xerr=[lo, hi], fmt="o", capsize=3)
     else:
         ax.scatter(kl, gain)
@@ -82,4 +83,56 @@ def learning_curves(history: Mapping[str, Mapping[str, Mapping[str, list]]], pat
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("val accuracy")
     axes[0][-1].legend(fontsize=7)
+    _save(fig, path)
+
+
+def confusion_grid(
+    mats: Mapping[str, tuple[list[list[int]], list[str]]], path: Path, title: str
+) -> None:
+    """One confusion matrix per panel (rows: true class, columns: predicted), counts annotated."""
+    plt = _plt()
+    names = list(mats)
+    ncols = min(len(names), 4)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        mat, classes = mats[name]
+        ax.imshow(mat, cmap="Blues")
+        k = len(classes)
+        if k <= 10:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, str(mat[i][j]), ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(k), classes, fontsize=6)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def curve_panels(
+    curves: Mapping[str, Mapping[str, Mapping[float, float]]],
+    path: Path,
+    xlabel: str,
+    title: str,
+    logx: bool = False,
+) -> None:
+    """One panel per target, one line per series: e.g. accuracy vs freezing depth or vs shots."""
+    plt = _plt()
+    targets = list(curves)
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.0 * len(targets), 2.9), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        for series, pts in curves[target].items():
+            xs = sorted(pts, key=float)
+            ax.plot([float(x) for x in xs], [pts[x] for x in xs], marker="o", label=series)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(0, 1)
+        if logx:
+            ax.set_xscale("log")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)

@@ -124,6 +124,11 @@ def check_tracking_uri(uri: str) -> None:
             ) from None
 
 
+def is_rank_zero() -> bool:
+    """False in the processes a multi-process (DDP) launch adds: they must not track or write."""
+    return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 class StageRun:
     """Context manager: one MLflow run for a stage execution, FAILED with the reason on error."""
 
@@ -137,7 +142,8 @@ class StageRun:
         self.cfg = cfg
         self.stage = stage
         self.logger_cfg = cfg.get("logger", {}) or {}
-        self.enabled = bool(self.logger_cfg.get("enabled", True))
+        # The extra ranks of a DDP fit re-run the stage: only rank 0 tracks it.
+        self.enabled = bool(self.logger_cfg.get("enabled", True)) and is_rank_zero()
         self.tags = dict(tags or {})
         self.manifest = manifest
         self.run_id: str | None = None

@@ -7,12 +7,12 @@ for 28×28 images that costs more than the model step. ``TensorBatches`` impleme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.errors import DataSourceError
 
@@ -35,6 +35,29 @@ class TensorBatches(Dataset):
         return tuple(t[index] for t in self.tensors)
 
 
+class EpochRandomSampler(Sampler[int]):
+    """A random permutation that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch (also after a resume), so a run restarted from
+    an epoch checkpoint sees exactly the data order an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def _passthrough(batch: Any) -> Any:
     return batch
 
@@ -43,11 +66,10 @@ def make_loader(
     *tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
     ds = TensorBatches(*tensors)
-    gen = torch.Generator().manual_seed(int(seed))
     return DataLoader(
         ds,
         batch_size=min(int(batch_size), len(ds)),
-        sampler=RandomSampler(ds, generator=gen) if shuffle else None,
+        sampler=EpochRandomSampler(len(ds), seed) if shuffle else None,
         drop_last=drop_last and len(ds) > batch_size,
         collate_fn=_passthrough,
         num_workers=0,

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 # Lightning's per-Trainer banners (accelerator, sales tips) repeat once per fit and bury the
 # progress bars; warnings and errors still come through.
@@ -44,7 +44,10 @@ def make_trainer(
     callbacks: Sequence[Callback] = (),
     limit_train_batches: int | float | None = None,
     limit_val_batches: int | float | None = None,
+    distributed: bool = False,
 ) -> L.Trainer:
+    """A Trainer from ``trainer_cfg``; only ``distributed=True`` callers (pre-training) get the
+    config's multi-process ``strategy``/``devices``/``num_nodes``: few-shot fits stay one process."""
     progress = (
         bool(trainer_cfg.get("enable_progress_bar", True))
         and os.environ.get("TRANSFERLAB_NO_PROGRESS") != "1"
@@ -54,16 +57,23 @@ def make_trainer(
         from lightning.pytorch.callbacks import RichProgressBar
 
         cbs.append(RichProgressBar(leave=False))
+    if trainer_cfg.get("compile") or trainer_cfg.get("pin_memory"):
+        cbs.append(
+            DeviceTuning(bool(trainer_cfg.get("compile")), bool(trainer_cfg.get("pin_memory")))
+        )
     return L.Trainer(
         accelerator=trainer_cfg.get("accelerator", "cpu"),
-        devices=trainer_cfg.get("devices", 1),
+        devices=trainer_cfg.get("devices", 1) if distributed else 1,
+        num_nodes=int(trainer_cfg.get("num_nodes", 1)) if distributed else 1,
+        strategy=_strategy(trainer_cfg) if distributed else "auto",
+        sync_batchnorm=distributed and bool(trainer_cfg.get("sync_batchnorm", False)),
         precision=trainer_cfg.get("precision", "32-true"),
         deterministic=bool(trainer_cfg.get("deterministic", True)),
         max_epochs=int(max_epochs),
         logger=logger,
         callbacks=cbs,
         enable_progress_bar=progress,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in cbs),
         enable_model_summary=False,
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
         limit_train_batches=limit_train_batches,
@@ -74,10 +84,19 @@ def make_trainer(
 
 
 class History(Callback):
-    """Keeps the epoch-level metrics of a fit in memory, for learning curves and reports."""
+    """Keeps the epoch-level metrics of a fit in memory, for learning curves and reports.
+
+    Its state travels in checkpoints, so a resumed fit reports the whole curve.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": [dict(r) for r in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [dict(r) for r in state_dict.get("epochs", [])]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -101,3 +120,40 @@ def route_dirs(cfg: Mapping[str, Any], route: str) -> dict[str, Path]:
         "finetune": models / "finetune",
         "reports": reports,
     }
+
+
+def _strategy(trainer_cfg: Mapping[str, Any]) -> Any:
+    """``trainer.strategy`` (``ddp``: Lightning re-launches the command once per extra rank) with
+    ``trainer.process_group_backend`` (gloo on CPU, nccl on GPUs)."""
+    name = str(trainer_cfg.get("strategy") or "auto")
+    backend = trainer_cfg.get("process_group_backend")
+    if name in ("ddp", "ddp_spawn") and backend:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        method = "spawn" if name == "ddp_spawn" else "popen"
+        return DDPStrategy(process_group_backend=str(backend), start_method=method)
+    return name
+
+
+class DeviceTuning(Callback):
+    """``trainer.compile`` / ``trainer.pin_memory`` (``trainer=gpu``).
+
+    Compiles each top-level submodule in place (``nn.Module.compile``), so state-dict keys and the
+    saved backbone stay what ``load_backbone`` expects; on CUDA, pins the fit's host batches so
+    that the host-to-device copy overlaps compute.
+    """
+
+    def __init__(self, compile: bool = False, pin_memory: bool = False) -> None:
+        self.compile, self.pin_memory = compile, pin_memory
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.compile:
+            for child in pl_module.children():
+                child.compile()
+        if self.pin_memory and trainer.strategy.root_device.type == "cuda":
+            # Set before Lightning builds its loaders: it copies this attribute when it re-creates
+            # a loader (DDP samplers) and the first epoch's iterator reads it.
+            for loop in (trainer.fit_loop, trainer.fit_loop.epoch_loop.val_loop):
+                loader = getattr(getattr(loop, "_data_source", None), "instance", None)
+                if isinstance(loader, torch.utils.data.DataLoader):
+                    loader.pin_memory = True

@@ -28,6 +28,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 from transferlab.data.text import build_text_data
 
                 manifest = build_text_data(data_cfg, tmp, int(cfg.seed), progress=progress)
+                # A timing would make the manifest's bytes differ between identical builds.
+                manifest.pop("build_seconds", None)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tr.log_artifact(dirs["manifest"])
         tr.log_metrics(

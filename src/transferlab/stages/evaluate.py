@@ -5,6 +5,11 @@ equal-width confidence bins, L1), the train/val/test loss and the generalisation
 ``gen_gap = test/loss − train/loss``; per target, ``gain = acc(pretrained) − acc(scratch)`` where
 ``pretrained`` is the primary objective (``objective`` in params.yaml). ``*/loss`` is the fine-tuning
 criterion (cross-entropy with ``finetune.label_smoothing``); ``test/nll`` is plain cross-entropy.
+
+The text route (:func:`transferlab.stages.text.evaluate_entry`) adds the perplexity of every
+pre-trained language model on each target's held-out text (``test/ppl``) and reports its
+unlabelled targets by perplexity only (``gain`` null); its primary objective is
+``pretrain.text.primary``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from transferlab.config import primary_objective
 from transferlab.io import write_json
 from transferlab.stages.common import route_dirs
 from transferlab.stages.finetune import variants
@@ -57,8 +63,14 @@ def classification_metrics(
 
 
 def evaluate_target(
-    cfg: DictConfig, route: str, target: str, partner: str | None
+    cfg: DictConfig,
+    route: str,
+    target: str,
+    partner: str | None,
+    confusion: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Metrics of every variant (and WiSE-FT mixes) on one target; confusion matrices of the
+    primary and scratch models are added to ``confusion`` when given."""
     from transferlab.data.loaders import load_dataset
     from transferlab.models.checkpoint import load_classifier
 
@@ -69,14 +81,11 @@ def evaluate_target(
     ls = float(cfg.finetune.get("label_smoothing", 0.0))
     bins = int(cfg.evaluate.get("ece_bins", 15))
     rows: dict[str, dict[str, float]] = {}
-    for variant in variants(cfg, route):
-        model, _ = load_classifier(dirs["finetune"] / variant / f"{target}.pt")
-        m = {
-            split: classification_metrics(
-                predict(model, data[split]["x"]), data[split]["y"], k, bins, ls
-            )
-            for split in ("train", "val", "test")
-        }
+    models: dict[str, Any] = {}
+
+    def score(model: Any) -> dict[str, float]:
+        logits = {s: predict(model, data[s]["x"]) for s in ("train", "val", "test")}
+        m = {s: classification_metrics(logits[s], data[s]["y"], k, bins, ls) for s in logits}
         row = {
             "test/acc": m["test"]["acc"],
             "test/f1_macro": m["test"]["f1_macro"],
@@ -93,7 +102,33 @@ def evaluate_target(
             row["ood/acc"] = classification_metrics(
                 predict(model, ood["test"]["x"]), ood["test"]["y"], k, bins, ls
             )["acc"]
-        rows[variant] = {key: round(v, 6) for key, v in row.items()}
+        return {key: round(v, 6) for key, v in row.items()}
+
+    for variant in variants(cfg, route):
+        models[variant], _ = load_classifier(dirs["finetune"] / variant / f"{target}.pt")
+        rows[variant] = score(models[variant])
+    # WiSE-FT between the linear probe (pre-trained backbone, trained head: alpha = 0) and the
+    # fully fine-tuned model (alpha = 1).
+    primary = primary_objective(cfg, route)
+    lp, ft = models.get(f"{primary}/linear_probe"), models.get(primary)
+    if lp is not None and ft is not None:
+        import copy
+
+        from transferlab.finetune.wise import interpolate_state_dicts
+
+        for alpha in cfg.finetune.get("wise_alphas") or []:
+            mix = copy.deepcopy(ft)
+            mix.load_state_dict(
+                interpolate_state_dicts(lp.state_dict(), ft.state_dict(), float(alpha))
+            )
+            rows[f"{primary}/wise_{float(alpha):g}"] = score(mix)
+    if confusion is not None:
+        from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+        for variant in (primary, "scratch"):
+            logits = predict(models[variant], data["test"]["x"])
+            mat = multiclass_confusion_matrix(logits, data["test"]["y"], num_classes=k)
+            confusion[f"{target}/{variant}"] = (mat.tolist(), list(data["classes"]))
     return rows
 
 
@@ -105,12 +140,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     route = str(cfg.route)
     dirs = route_dirs(cfg, route)
     targets = list(map(str, cfg.data[route].targets))
-    primary = str(cfg.objective)
+    primary = primary_objective(cfg, route)
     manifest = json.loads(dirs["manifest"].read_text()) if dirs["manifest"].exists() else {}
     partners = manifest.get("ood_partner", {})
     report: dict[str, Any] = {"route": route, "primary_objective": primary, "targets": {}}
     bars: dict[str, dict[str, float]] = {}
     plot_rows: list[dict[str, Any]] = []
+    confusion: dict[str, Any] = {}
     with StageRun(
         cfg,
         "evaluate",
@@ -118,23 +154,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         manifest=dirs["manifest"],
     ) as tr:
         for target in targets:
-            rows = evaluate_target(cfg, route, target, partners.get(target))
-            entry: dict[str, Any] = {"pretrained": rows[primary], "scratch": rows["scratch"]}
-            entry.update({v: r for v, r in rows.items() if v not in ("scratch",)})
-            entry["gain"] = round(rows[primary]["test/acc"] - rows["scratch"]["test/acc"], 6)
-            entry["gains"] = {
-                v: round(r["test/acc"] - rows["scratch"]["test/acc"], 6)
-                for v, r in rows.items()
-                if v != "scratch"
-            }
+            if route == "text":
+                from transferlab.stages.text import evaluate_entry
+
+                entry, rows = evaluate_entry(cfg, target)
+            else:
+                rows = evaluate_target(cfg, route, target, partners.get(target), confusion)
+                entry = {"pretrained": rows[primary], "scratch": rows["scratch"]}
+                entry.update({v: r for v, r in rows.items() if v not in ("scratch",)})
+                entry["gain"] = round(rows[primary]["test/acc"] - rows["scratch"]["test/acc"], 6)
+                entry["gains"] = {
+                    v: round(r["test/acc"] - rows["scratch"]["test/acc"], 6)
+                    for v, r in rows.items()
+                    if v != "scratch"
+                }
             report["targets"][target] = entry
+            tr.log_metrics(
+                {f"{target}/{v}/{k}": val for v, r in rows.items() for k, val in r.items()}
+            )
+            if entry["gain"] is None:  # an unlabelled target (text route): perplexity only
+                continue
             bars[target] = {v: r["test/acc"] for v, r in rows.items()}
             plot_rows += [
                 {"run": f"{target}/{v}", "test_acc": r["test/acc"]} for v, r in rows.items()
             ]
-            tr.log_metrics(
-                {f"{target}/{v}/{k}": val for v, r in rows.items() for k, val in r.items()}
-            )
             tr.log_metrics({f"{target}/gain": entry["gain"]})
         out = dirs["reports"]
         write_json(out / "evaluate.json", report)
@@ -146,6 +189,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 json.loads(history_path.read_text())["targets"],
                 out / "plots" / "learning_curves.png",
             )
-        for name in ("evaluate.json", "plots/accuracy.png", "plots/learning_curves.png"):
+        if confusion:
+            from transferlab.plots import confusion_grid
+
+            confusion_grid(
+                confusion, out / "plots" / "confusion.png", f"{route}: test confusion matrices"
+            )
+            write_json(
+                out / "confusion.json",
+                {k: {"classes": c, "matrix": m} for k, (m, c) in confusion.items()},
+            )
+        for name in (
+            "evaluate.json",
+            "plots/accuracy.png",
+            "plots/learning_curves.png",
+            "plots/confusion.png",
+        ):
             tr.log_artifact(out / name, "reports")
     return report

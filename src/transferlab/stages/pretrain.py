@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.io import write_json
+from transferlab.resume import EpochSeed, Resume
 from transferlab.stages.common import History, configure_torch, make_trainer, route_dirs, seed_all
 from transferlab.tracking import StageRun
 
@@ -20,11 +21,19 @@ def build_objective(cfg: DictConfig, route: str, objective: str) -> tuple[Any, d
     from transferlab.models.checkpoint import build_backbone
 
     arch = OmegaConf.to_container(cfg.model[route], resolve=True)
-    backbone = build_backbone(arch)
     ocfg = OmegaConf.to_container(cfg.objectives[objective], resolve=True)
+    if "_target_" not in arch:
+        # One backbone per architecture (the text route): the objective names the one it trains.
+        arch = arch[str(ocfg.pop("model"))]
+    backbone = build_backbone(arch)
     ocfg = {k: v for k, v in ocfg.items() if k not in ("route", "max_epochs", "batch_size")}
     module = instantiate(ocfg, backbone=backbone, _convert_="all")
     return module, arch
+
+
+def _tensors(split: dict[str, Any]) -> tuple[Any, ...]:
+    """``(x, y)``, or ``(x,)`` for a source without labels (the text route's LM blocks)."""
+    return tuple(split[k] for k in ("x", "y") if k in split)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -44,27 +53,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         batch_size = int(ocfg.get("batch_size") or budget.batch_size)
         max_epochs = int(ocfg.get("max_epochs") or budget.max_epochs)
         train = make_loader(
-            data["train"]["x"],
-            data["train"]["y"],
+            *_tensors(data["train"]),
             batch_size=batch_size,
             shuffle=True,
             seed=cfg.seed,
             drop_last=True,
         )
-        val = make_loader(data["val"]["x"], data["val"]["y"], batch_size=512, shuffle=False)
+        val = make_loader(*_tensors(data["val"]), batch_size=512, shuffle=False)
         module, arch = build_objective(cfg, route, objective)
         history = History()
+        resume = Resume(
+            f"pretrain-{route}-{objective}",
+            {"cfg": OmegaConf.to_container(cfg, resolve=True), "stage": "pretrain"},
+            enabled=bool(cfg.trainer.get("resume", True)),
+        )
         trainer = make_trainer(
             cfg.trainer,
             max_epochs=max_epochs,
             logger=tr.lightning_logger(f"pretrain:{route}:{objective}", {"objective": objective}),
-            callbacks=[history],
+            callbacks=[history, EpochSeed(cfg.seed), *resume.callbacks()],
             limit_train_batches=budget.get("limit_train_batches"),
             limit_val_batches=budget.get("limit_val_batches"),
+            distributed=True,
         )
         t0 = time.perf_counter()
-        trainer.fit(module, train, val)
+        if resume.ckpt_path:
+            tr.log_text(resume.ckpt_path, "resumed_from.txt")
+        trainer.fit(module, train, val, ckpt_path=resume.ckpt_path, weights_only=True)
         seconds = time.perf_counter() - t0
+        if not trainer.is_global_zero:  # a DDP fit's extra ranks re-run this stage: rank 0 writes
+            return {}
         final = {k: v for k, v in history.epochs[-1].items() if "/" in k} if history.epochs else {}
         manifest_hash = (
             json.loads(dirs["manifest"].read_text())["hash"] if dirs["manifest"].exists() else ""
@@ -76,6 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "epochs": max_epochs,
             "data_hash": manifest_hash,
             "final": final,
+            # How it was trained: continued pre-training (DAPT) and perplexity reuse this config.
+            "objective_cfg": OmegaConf.to_container(ocfg, resolve=True),
         }
         save_backbone(out / "backbone.pt", module.backbone, arch, meta)
         metrics = {
@@ -85,6 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             **final,
         }
         write_json(out / "metrics.json", metrics)
+        resume.done()
         tr.log_metrics({**final, "fit_seconds": seconds})
         tr.log_artifact(out / "backbone.pt", "checkpoints")
         tr.log_artifact(out / "metrics.json")

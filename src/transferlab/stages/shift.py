@@ -6,6 +6,9 @@ on [0, 1], add-``alpha`` smoothing so that no bin is empty and the KL stays fini
 primary objective's backbone features of source and target images
 (:func:`transferlab.shift.estimators.gaussian_kl`). Each measure is correlated (Spearman) with the
 gain from ``evaluate.json`` across targets.
+
+The text route (:func:`transferlab.stages.text.shift_analysis`) measures token-unigram KL and top-k
+vocabulary overlap instead of pixel histograms (:mod:`transferlab.shift.text`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from transferlab.config import primary_objective
 from transferlab.io import write_json
 from transferlab.stages.common import route_dirs
 from transferlab.tracking import StageRun
@@ -56,13 +60,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from transferlab.data.loaders import load_dataset
     from transferlab.models.checkpoint import load_backbone
     from transferlab.plots import kl_vs_gain
-    from transferlab.shift.estimators import correlations, gaussian_kl, histogram_kl
+    from transferlab.shift import estimators as est
+    from transferlab.shift import measures
 
     route = str(cfg.route)
+    if route == "text":
+        from transferlab.stages.text import shift_analysis
+
+        return shift_analysis(cfg)
     scfg = cfg.shift[route]
     dirs = route_dirs(cfg, route)
     targets = list(map(str, cfg.data[route].targets))
-    evaluation = json.loads((dirs["reports"] / "evaluate.json").read_text())
+    ev_path = dirs["reports"] / "evaluate.json"
+    if not ev_path.exists():
+        from transferlab.errors import DataSourceError
+
+        raise DataSourceError(f"{ev_path} is missing: run the evaluate stage first (dvc repro)")
+    evaluation = json.loads(ev_path.read_text())
     n_max = int(scfg.get("max_samples", 5000))
     with StageRun(
         cfg,
@@ -71,47 +85,74 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         manifest=dirs["manifest"],
     ) as tr:
         source = _subsample(all_images(load_dataset(dirs["data"] / "source.pt")), n_max, cfg.seed)
-        backbone, _ = load_backbone(dirs["pretrain"] / str(cfg.objective) / "backbone.pt")
+        primary = primary_objective(cfg, route)
+        backbone, _ = load_backbone(dirs["pretrain"] / primary / "backbone.pt")
         f_src = backbone_features(backbone, source)
-        px_src = source.numpy().ravel() / 255.0
+        x_src = source.numpy().reshape(len(source), -1) / 255.0
+        bins, alpha, eps = int(scfg.bins), float(scfg.alpha), float(scfg.get("feature_eps", 1e-3))
+        n_boot = int(scfg.get("n_boot", 0))
         rows: dict[str, dict[str, Any]] = {}
         for target in targets:
             x = _subsample(
                 all_images(load_dataset(dirs["data"] / "targets" / f"{target}.pt")), n_max, cfg.seed
             )
-            kl_in = histogram_kl(
-                px_src,
-                x.numpy().ravel() / 255.0,
-                bins=int(scfg.bins),
-                range_=(0.0, 1.0),
-                alpha=float(scfg.alpha),
-            )
-            kl_feat = gaussian_kl(
-                f_src, backbone_features(backbone, x), eps=float(scfg.get("feature_eps", 1e-3))
-            )
-            rows[target] = {
-                "kl_input": _finite(kl_in),
-                "kl_feature": _finite(kl_feat),
-                "n_target": len(x),
-                "gain": evaluation["targets"][target]["gain"],
+            x_tgt = x.numpy().reshape(len(x), -1) / 255.0
+            f_tgt = backbone_features(backbone, x)
+            values = {
+                **measures.input_measures(x_src, x_tgt, bins, alpha),
+                **measures.feature_measures(
+                    f_src, f_tgt, seed=int(cfg.seed), eps=eps, knn_k=int(scfg.get("knn_k", 5))
+                ),
             }
+            row: dict[str, Any] = {k: _finite(v) for k, v in values.items()}
+            if n_boot > 0:
+                # Intervals for the cheap estimators (the kNN/MMD/PAD ones cost O(n^2) per draw).
+                row["ci"] = {
+                    **measures.bootstrap(
+                        {
+                            "kl_input": lambda a, b: est.histogram_kl(
+                                a.ravel(), b.ravel(), bins=bins, alpha=alpha
+                            ),
+                            "js_input": lambda a, b: est.histogram_js(
+                                a.ravel(), b.ravel(), bins=bins, alpha=alpha
+                            ),
+                        },
+                        x_src,
+                        x_tgt,
+                        n_boot=n_boot,
+                        seed=int(cfg.seed),
+                        max_n=None,
+                    ),
+                    **measures.bootstrap(
+                        {"kl_feature": lambda a, b: est.gaussian_kl(a, b, eps=eps)},
+                        f_src,
+                        f_tgt,
+                        n_boot=n_boot,
+                        seed=int(cfg.seed),
+                        max_n=None,
+                    ),
+                }
+            row["n_target"] = len(x)
+            row["gain"] = evaluation["targets"][target]["gain"]
+            rows[target] = row
         names = list(rows)
         gains = [rows[t]["gain"] for t in names]
-        corr_in = correlations(np.array([rows[t]["kl_input"] for t in names]), np.array(gains))
-        corr_feat = correlations(
-            np.array([rows[t]["kl_feature"] for t in names], dtype=float), np.array(gains)
-        )
+        corr = measures.correlation_table(rows, list(measures.DESCRIPTIONS))
         report = {
             "route": route,
             "source": str(cfg.data[route].get("source", "source")),
             "estimators": {
-                "kl_input": f"histogram KL of pixel intensities, {int(scfg.bins)} bins on [0,1], add-{float(scfg.alpha)} smoothing",
-                "kl_feature": f"Gaussian-fit KL of '{cfg.objective}' backbone features (ridge {float(scfg.get('feature_eps', 1e-3))})",
+                **measures.DESCRIPTIONS,
+                "kl_input": measures.DESCRIPTIONS["kl_input"] + f" [{bins} bins, alpha={alpha}]",
+                "kl_feature": measures.DESCRIPTIONS["kl_feature"]
+                + f" ['{primary}' backbone, ridge {eps}]",
             },
             "n_source": len(source),
+            "n_boot": n_boot,
             "targets": rows,
-            "spearman_kl_gain": _finite(corr_in["spearman"]),
-            "spearman_kl_feature_gain": _finite(corr_feat["spearman"]),
+            "correlations": corr,
+            "spearman_kl_gain": corr["kl_input"]["spearman"],
+            "spearman_kl_feature_gain": corr["kl_feature"]["spearman"],
         }
         out = dirs["reports"]
         write_json(out / "shift.json", report)
@@ -121,14 +162,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             gains,
             out / "plots" / "kl_vs_gain.png",
             "D_KL(P_source || P_target), pixel histogram [nats]",
-            f"{route}: shift vs transfer gain",
+            f"{route}: shift vs transfer gain (95% bootstrap CI)",
+            kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in names] if n_boot > 0 else None,
         )
-        tr.log_metrics({f"{t}/kl_input": r["kl_input"] for t, r in rows.items()})
         tr.log_metrics(
             {
-                f"{t}/kl_feature": r["kl_feature"]
+                f"{t}/{k}": v
                 for t, r in rows.items()
-                if r["kl_feature"] is not None
+                for k, v in r.items()
+                if k in measures.DESCRIPTIONS and v is not None
             }
         )
         for name in ("shift.json", "plots/kl_vs_gain.png"):
