@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     reports = Path(cfg.paths.get("reports_dir", "reports"))
     routes = [r for r in ROUTES if (reports / r / "evaluate.json").exists()]
-    with StageRun(cfg, "summary", tags={"run_name": "summary"}) as tr:
+    # The page spans routes: its data identity is the hash of the routes' manifest hashes.
+    hashes = []
+    for r in routes:
+        manifest = Path(cfg.paths.get("data_dir", "data")) / r / "manifest.json"
+        if manifest.exists():
+            hashes.append(f"{r}:{json.loads(manifest.read_text()).get('hash', '')}")
+    tags = {
+        "run_name": "summary",
+        "data.manifest_hash": hashlib.sha256("|".join(hashes).encode()).hexdigest(),
+    }
+    with StageRun(cfg, "summary", tags=tags) as tr:
         text = write_summary(reports, routes)
         tr.log_artifact(reports / "summary.md", "reports")
     return {"routes": routes, "chars": len(text)}
