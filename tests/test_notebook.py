@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "compare_runs.ipynb"
-STAGES = {"data", "pretrain", "finetune", "evaluate", "shift-analysis"}
+STAGES = {"data", "pretrain", "finetune", "evaluate", "shift-analysis", "curves", "summary"}
 
 PROBE = """
 import json as _json
