@@ -62,6 +62,22 @@ def classification_metrics(
     }
 
 
+def metric_row(m: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The report row of one model from its per-split metrics (``gen_gap = test/loss − train/loss``)."""
+    return {
+        "test/acc": m["test"]["acc"],
+        "test/f1_macro": m["test"]["f1_macro"],
+        "test/nll": m["test"]["nll"],
+        "test/ece": m["test"]["ece"],
+        "train/loss": m["train"]["loss"],
+        "val/loss": m["val"]["loss"],
+        "test/loss": m["test"]["loss"],
+        "gen_gap": m["test"]["loss"] - m["train"]["loss"],
+        "train/acc": m["train"]["acc"],
+        "val/acc": m["val"]["acc"],
+    }
+
+
 def evaluate_target(
     cfg: DictConfig,
     route: str,
@@ -86,18 +102,7 @@ def evaluate_target(
     def score(model: Any) -> dict[str, float]:
         logits = {s: predict(model, data[s]["x"]) for s in ("train", "val", "test")}
         m = {s: classification_metrics(logits[s], data[s]["y"], k, bins, ls) for s in logits}
-        row = {
-            "test/acc": m["test"]["acc"],
-            "test/f1_macro": m["test"]["f1_macro"],
-            "test/nll": m["test"]["nll"],
-            "test/ece": m["test"]["ece"],
-            "train/loss": m["train"]["loss"],
-            "val/loss": m["val"]["loss"],
-            "test/loss": m["test"]["loss"],
-            "gen_gap": m["test"]["loss"] - m["train"]["loss"],
-            "train/acc": m["train"]["acc"],
-            "val/acc": m["val"]["acc"],
-        }
+        row = metric_row(m)
         if ood is not None:
             row["ood/acc"] = classification_metrics(
                 predict(model, ood["test"]["x"]), ood["test"]["y"], k, bins, ls

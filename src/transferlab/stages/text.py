@@ -351,7 +351,7 @@ def evaluate_entry(
     """One target's report entry (see README, text route) and its rows per variant."""
     from transferlab.data.loaders import load_dataset
     from transferlab.models.checkpoint import load_classifier
-    from transferlab.stages.evaluate import classification_metrics
+    from transferlab.stages.evaluate import classification_metrics, metric_row
 
     dirs = route_dirs(cfg, ROUTE)
     primary = primary_objective(cfg, ROUTE)
@@ -389,16 +389,7 @@ def evaluate_entry(
             for split in ("train", "val", "test")
         }
         row = {
-            "test/acc": m["test"]["acc"],
-            "test/f1_macro": m["test"]["f1_macro"],
-            "test/nll": m["test"]["nll"],
-            "test/ece": m["test"]["ece"],
-            "train/loss": m["train"]["loss"],
-            "val/loss": m["val"]["loss"],
-            "test/loss": m["test"]["loss"],
-            "gen_gap": m["test"]["loss"] - m["train"]["loss"],
-            "train/acc": m["train"]["acc"],
-            "val/acc": m["val"]["acc"],
+            **metric_row(m),
             **lm.get(variant, {}),
         }
         rows[variant] = {key: round(v, 6) for key, v in row.items()}
