@@ -301,7 +301,8 @@ def test_shipped_search_configs_compose_into_distributions() -> None:
     assert lr["finetune.freeze_depth"] == IntDistribution(0, 4)
     assert lr["finetune.weight_decay"].log
     (simplex,) = spaces["multitask_weights"].simplexes
-    assert simplex.key == "finetune.multitask.weights" and len(simplex.items) == 3
+    assert simplex.key == "finetune.multitask.weights"
+    assert simplex.items == ["main", "rotation"]
     (mask,) = spaces["pretrain_mask_ratio"].params
     assert mask.name == "objectives.mae.mask_ratio"
 
