@@ -38,7 +38,9 @@ fi
 
 stamp="$VENV/.transferlab-install"
 want="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16) $EXTRAS"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import transferlab' 2>/dev/null; then
+# The editable install must point at this checkout (a copied or shared .venv may point elsewhere).
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c \
+  'import os, sys, transferlab; sys.exit(not transferlab.__file__.startswith(os.path.realpath("src")))' 2>/dev/null; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -23,9 +24,57 @@ from transferlab.errors import ConfigError
 SECRET_MARKERS = ("password", "secret", "token", "api_key", "apikey", "credential")
 
 
+class _LineProgress:
+    """Progress over fits that draw their own Lightning bar: one line per finished unit.
+
+    Lightning's ``RichProgressBar`` calls ``Console.clear_live()`` on the shared rich console when a
+    fit starts, which tears down any enclosing ``Live`` (and crashes its ``stop``), so a stage that
+    wraps fits reports its outer progress as plain lines instead of a second live bar.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        import time
+
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._enabled = enabled
+        self._clock = time.monotonic
+        self._tasks: dict[int, dict[str, Any]] = {}
+
+    def add_task(self, description: str, total: int) -> int:
+        tid = len(self._tasks)
+        self._tasks[tid] = {"description": description, "total": total, "done": 0}
+        self._tasks[tid]["start"] = self._clock()
+        return tid
+
+    def update(self, task: int, *, description: str | None = None) -> None:
+        if description is not None:
+            self._tasks[task]["description"] = description
+
+    def advance(self, task: int, advance: int = 1) -> None:
+        t = self._tasks[task]
+        t["done"] += advance
+        if self._enabled:
+            secs = int(self._clock() - t["start"])
+            self._console.print(
+                f"{t['description']} done: {t['done']}/{t['total']}"
+                f" ({secs // 60}:{secs % 60:02d} elapsed)",
+                markup=False,
+                highlight=False,
+            )
+
+
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar (a no-op one when disabled, e.g. in tests)."""
+def progress_bar(enabled: bool = True, *, hosts_fits: bool = False) -> Iterator[Any]:
+    """A rich progress bar (a no-op one when disabled, e.g. in tests).
+
+    ``hosts_fits``: the work inside runs Lightning fits with their own live bar; the outer
+    progress is then printed line by line (see :class:`_LineProgress`).
+    """
+    if hosts_fits:
+        yield _LineProgress(enabled)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -86,17 +135,39 @@ def git_commit(cwd: str | os.PathLike[str] = ".") -> str:
         return "unknown"
 
 
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted-key params for MLflow; values that look like secrets are never logged."""
+def _secret_env_values() -> set[str]:
+    """Values of environment variables whose names look secret (e.g. ``MLFLOW_TRACKING_PASSWORD``)."""
+    return {
+        v
+        for k, v in os.environ.items()
+        if len(v) >= 4 and any(m in k.lower() for m in SECRET_MARKERS)
+    }
+
+
+def mask_secret(name: str, value: str, env_secrets: set[str] | None = None) -> str:
+    """``value`` with anything secret-looking replaced by ``***``: a secret-named key, the password
+    of a URI's ``user:password@`` part, or the value of a secret-named environment variable."""
+    if any(m in name.lower() for m in SECRET_MARKERS):
+        return "***"
+    value = re.sub(r"(?<=://)([^/:@\s]*):[^/@\s]*@", r"\1:***@", value)
+    for secret in env_secrets if env_secrets is not None else _secret_env_values():
+        value = value.replace(secret, "***")
+    return value
+
+
+def flatten(
+    cfg: Mapping[str, Any], prefix: str = "", env_secrets: set[str] | None = None
+) -> dict[str, str]:
+    """Dotted-key params for MLflow; secrets (see :func:`mask_secret`) are never logged."""
+    env_secrets = _secret_env_values() if env_secrets is None else env_secrets
     out: dict[str, str] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        elif any(m in name.lower() for m in SECRET_MARKERS):
-            out[name] = "***"
+            out.update(flatten(value, f"{name}.", env_secrets))
         else:
-            out[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            out[name] = mask_secret(name, text, env_secrets)
     return out
 
 
@@ -167,7 +238,7 @@ class StageRun:
             "dvc.stage": os.environ.get("TRANSFERLAB_DVC_STAGE", self.stage),
             "git.commit": git_commit(),
             "pipeline.id": pipeline_id(),
-            "mlflow.source.name": "transferlab " + " ".join(sys.argv[1:]),
+            "mlflow.source.name": mask_secret("", "transferlab " + " ".join(sys.argv[1:])),
             **self.tags,
         }
         if self.manifest is not None and self.manifest.exists():

@@ -99,7 +99,9 @@ class Tracker:
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k)[:250], str(v)[:6000]) for k, v in params.items()]
+        from transferlab.tracking import mask_secret
+
+        items = [Param(str(k)[:250], mask_secret(str(k), str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 

@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             tags={"route": route, "run_name": f"curves:{route}"},
             manifest=dirs["manifest"],
         ) as tr,
-        progress_bar(progress) as bar,
+        progress_bar(progress, hosts_fits=True) as bar,
     ):
         task = bar.add_task(f"curves[{route}]", total=total)
         for target in targets:

@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
     tags = {"route": route, "run_name": f"finetune:{route}"}
     with StageRun(cfg, "finetune", tags=tags, manifest=dirs["manifest"]) as tr:
-        with atomic_dir(dirs["finetune"]) as out, progress_bar(progress) as bar:
+        with atomic_dir(dirs["finetune"]) as out, progress_bar(progress, hosts_fits=True) as bar:
             task = bar.add_task(f"finetune[{route}]", total=len(targets) * len(names))
             for target in targets:
                 data = load_dataset(dirs["data"] / "targets" / f"{target}.pt")
