@@ -11,7 +11,6 @@ import pytest
 from transferlab.tracking import StageRun, flatten, mask_secret, progress_bar
 
 
-
 def _tiny_fit(progress: bool) -> None:
     from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -117,9 +116,9 @@ def test_two_pipelines_writing_one_store_lose_no_run(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0]
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
         status = dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
-        n_metrics = con.execute(
-            "SELECT COUNT(*) FROM metrics WHERE key = 'train/loss'"
-        ).fetchone()[0]
+        n_metrics = con.execute("SELECT COUNT(*) FROM metrics WHERE key = 'train/loss'").fetchone()[
+            0
+        ]
     per_worker = n_stages * (1 + n_fits)
     assert status == {"FINISHED": 2 * per_worker}
     assert n_metrics == 2 * n_stages * n_fits * 20
