@@ -24,6 +24,8 @@ from transferlab.shift.estimators import (
     knn_kl,
     mmd_rbf,
     proxy_a_distance,
+    row_histograms,
+    smooth_counts,
     smoothed_histogram,
     topk_overlap,
     unigram_distribution,
@@ -92,6 +94,21 @@ def test_smoothed_histogram_hand_example() -> None:
     # Smoothing leaves no empty bin.
     h = smoothed_histogram(np.zeros(100), bins=10, range_=(0.0, 1.0))
     assert np.all(h > 0) and h.sum() == pytest.approx(1.0)
+
+
+def test_row_histograms_sum_to_numpy_histogram_including_bin_edges() -> None:
+    # Pixel values k/255 land exactly on many of the 64 bin edges: the per-row counts must bin
+    # them as numpy.histogram does, or the bootstrap intervals would describe another histogram.
+    x = _rng(3).integers(0, 256, size=(50, 784)) / 255.0
+    x[0, :3] = [0.0, 1.0, 0.5]
+    for bins in (7, 32, 64):
+        rows = row_histograms(x, bins)
+        assert rows.shape == (50, bins) and (rows.sum(axis=1) == 784).all()
+        counts, _ = np.histogram(x.ravel(), bins=bins, range=(0.0, 1.0))
+        assert np.array_equal(rows.sum(axis=0), counts)
+    idx = _rng(4).integers(0, 50, size=50)
+    direct = smoothed_histogram(x[idx], 64, (0.0, 1.0), alpha=1.0)
+    assert np.array_equal(smooth_counts(row_histograms(x, 64)[idx].sum(axis=0), 1.0), direct)
 
 
 def test_histogram_kl_matches_hand_computation() -> None:

@@ -90,6 +90,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f_src = backbone_features(backbone, source)
         x_src = source.numpy().reshape(len(source), -1) / 255.0
         bins, alpha, eps = int(scfg.bins), float(scfg.alpha), float(scfg.get("feature_eps", 1e-3))
+        # Bootstrap replicates resample whole images; per-image bin counts make each one a sum.
+        h_src = est.row_histograms(x_src, bins)
+
+        def smoothed(h: np.ndarray) -> np.ndarray:
+            return est.smooth_counts(h.sum(axis=0), alpha)
+
         n_boot = int(scfg.get("n_boot", 0))
         rows: dict[str, dict[str, Any]] = {}
         for target in targets:
@@ -110,15 +116,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 row["ci"] = {
                     **measures.bootstrap(
                         {
-                            "kl_input": lambda a, b: est.histogram_kl(
-                                a.ravel(), b.ravel(), bins=bins, alpha=alpha
-                            ),
-                            "js_input": lambda a, b: est.histogram_js(
-                                a.ravel(), b.ravel(), bins=bins, alpha=alpha
-                            ),
+                            "kl_input": lambda a, b: est.kl_divergence(smoothed(a), smoothed(b)),
+                            "js_input": lambda a, b: est.js_divergence(smoothed(a), smoothed(b)),
                         },
-                        x_src,
-                        x_tgt,
+                        h_src,
+                        est.row_histograms(x_tgt, bins),
                         n_boot=n_boot,
                         seed=int(cfg.seed),
                         max_n=None,
