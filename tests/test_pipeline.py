@@ -143,7 +143,13 @@ def test_summary_lists_every_target_of_every_route(tiny_pipeline: Path) -> None:
             cells = [c.strip() for c in rows[0].strip("|").split("|")]
             assert cells[1] != "–", f"{route}/{target}: its first shift measure is missing"
     curves = json.loads((tiny_pipeline / "reports/image/curves.json").read_text())
+    assert list(curves["targets"]) == ["fmnist", "lfw"]  # curves.image.targets in debug/tiny
     for target, c in curves["targets"].items():
         assert set(c["freeze_depth"]) == {"0", "4"}, target
         assert set(c["shots"]) == {"mae", "scratch"}
+    # Both routes' curves are on the page, one table column per target.
+    sections = summary.split("## ")
+    for route in ("image", "text"):
+        section = next(s for s in sections if s.startswith(f"{route} route"))
+        assert "| frozen blocks k |" in section and "| examples per class |" in section, route
     assert (tiny_pipeline / "reports/image/plots/confusion.png").read_bytes()[:4] == b"\x89PNG"

@@ -146,10 +146,114 @@ def test_token_shift_formula_and_layout_tokens_left_out() -> None:
     assert out["overlap_topk"] == pytest.approx(0.5)
 
 
+def test_token_measures_from_counts_equal_the_estimators_on_ids() -> None:
+    from transferlab.shift import estimators as est
+    from transferlab.shift.measures import topk_overlap_counts
+
+    rng = np.random.default_rng(0)
+    vocab = 40
+    # Zipf-like ids with many ties in frequency; layout ids (0, 2, 3, 4) included and left out.
+    src = kept_ids([torch.from_numpy(rng.zipf(1.3, 600) % vocab)])
+    tgt = kept_ids([torch.from_numpy((rng.zipf(1.5, 300) + 7) % vocab)])
+    out = token_shift(src, tgt, vocab, alpha=0.5, top_k=6)
+    kept = np.setdiff1d(np.arange(vocab), [0, 2, 3, 4])
+    c_s = np.array([np.sum(src == v) for v in kept], dtype=float)
+    c_t = np.array([np.sum(tgt == v) for v in kept], dtype=float)
+    p = est.unigram_distribution(c_s, len(kept), 0.5, counts=True)
+    q = est.unigram_distribution(c_t, len(kept), 0.5, counts=True)
+    assert out["kl_input"] == pytest.approx(est.kl_divergence(p, q), rel=1e-12)
+    assert out["js_input"] == pytest.approx(est.js_divergence(p, q), rel=1e-12)
+    assert 0.0 < out["js_input"] <= math.log(2)
+    for k in (1, 3, 6, 50):
+        assert topk_overlap_counts(c_s, c_t, k) == est.topk_overlap(src, tgt, k), k
+        assert token_shift(src, tgt, vocab, 0.5, k)["overlap_topk"] == est.topk_overlap(src, tgt, k)
+
+
+def test_block_counts_are_the_kept_ids_per_block() -> None:
+    from transferlab.shift.text import block_counts
+
+    blocks = [
+        torch.tensor([[5, 5, 6, 3, 0, 1], [7, 7, 2, 4, 0, 0]]),
+        torch.tensor([[1, 6, 6, 6, 5, 0]]),
+    ]
+    g = block_counts(blocks, 8).toarray()  # kept ids 1, 5, 6, 7 → columns 0..3
+    assert g.tolist() == [[1, 2, 1, 0], [0, 0, 0, 2], [1, 1, 3, 0]]
+    assert g.sum() == len(kept_ids(blocks))
+
+
+def test_block_bootstrap_resamples_whole_blocks() -> None:
+    """The interval is the percentile interval of the measure on resampled blocks' summed counts
+    (checked against a hand-written loop), and bursty blocks widen it over a token bootstrap."""
+    from transferlab.shift import estimators as est
+    from transferlab.shift.measures import bootstrap_groups, token_measure_fns
+
+    rng = np.random.default_rng(1)
+    # Bursty text: each block repeats few types, so tokens within a block are far from independent.
+    g_src = np.stack(
+        [np.bincount(rng.integers(0, 3, 40) + 3 * (i % 5), minlength=15) for i in range(60)]
+    )
+    g_tgt = np.stack(
+        [np.bincount(rng.integers(0, 3, 40) + 3 * (i % 4), minlength=15) for i in range(30)]
+    )
+    fns = token_measure_fns(alpha=1.0, top_k=5)
+    ci = bootstrap_groups(fns, g_src, g_tgt, n_boot=200, seed=3)
+    draws = np.random.default_rng(3)
+    reps = []
+    for _ in range(200):
+        a = g_src[draws.integers(0, len(g_src), len(g_src))].sum(0)
+        b = g_tgt[draws.integers(0, len(g_tgt), len(g_tgt))].sum(0)
+        reps.append(fns["kl_input"](a, b))
+    assert ci["kl_input"] == pytest.approx(np.quantile(reps, [0.025, 0.975]).tolist(), abs=1e-6)
+    # The same statistic with every token resampled on its own (what the blocks must not be).
+    tokens = lambda g: np.repeat(np.arange(g.shape[1]), g.sum(0))  # noqa: E731
+    lo, hi = est.bootstrap_ci(
+        lambda a, b: fns["kl_input"](
+            np.bincount(a.ravel(), minlength=15), np.bincount(b.ravel(), minlength=15)
+        ),
+        tokens(g_src)[:, None],
+        tokens(g_tgt)[:, None],
+        n_boot=200,
+        seed=3,
+    )
+    assert ci["kl_input"][1] - ci["kl_input"][0] > 2 * (hi - lo)
+
+
 # --------------------------------------------------------------------------- config
 @pytest.fixture(scope="module")
 def cfg():
     return compose(["+debug=tiny"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"freeze_depths": [0, 3]}, "curves.text.freeze_depths contains 3; allowed 0..2"),
+        ({"shots": [1, 5]}, "curves.text.shots contains 5; allowed 1..4"),
+        ({"max_epochs": 0}, "curves.text.max_epochs=0 must be >= 1"),
+        ({"targets": ["kjv", "nope"]}, "curves.text.targets: unknown target 'nope'"),
+    ],
+)
+def test_text_curves_config_is_validated_per_route(cfg, override: dict, message: str) -> None:
+    text_cfg = OmegaConf.merge(cfg, {"route": "text", "logger": {"enabled": False}})
+    validate(text_cfg, "curves")
+    # The image route's entry is checked against its own backbone (4 blocks), not the text one's.
+    validate(OmegaConf.merge(cfg, {"logger": {"enabled": False}}), "curves")
+    bad = OmegaConf.merge(text_cfg, {"curves": {"text": override}})
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(bad, "curves")
+
+
+def test_curves_subsets_keep_texts_with_their_ids() -> None:
+    from transferlab.stages.curves import nested_subset, subset_split
+
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    split = {"x": torch.arange(12).reshape(6, 2), "y": y, "text": list("abcdef")}
+    idx = nested_subset(y, 2, seed=0)
+    sub = subset_split(split, idx)
+    assert sorted(sub["y"].tolist()) == [0, 0, 1, 1]
+    assert sub["text"] == [split["text"][i] for i in idx.tolist()]
+    assert torch.equal(sub["x"], split["x"][idx])
+    assert set(nested_subset(y, 1, seed=0).tolist()) <= set(idx.tolist())  # nested
 
 
 def test_primary_objective_is_per_route(cfg) -> None:
@@ -294,9 +398,88 @@ def test_text_shift_report(tiny_pipeline: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_text_shift_has_every_measure_with_block_bootstrap_intervals(tiny_pipeline: Path) -> None:
+    from transferlab.shift.measures import correlation_table
+
+    shift = json.loads((tiny_pipeline / "reports/text/shift.json").read_text())
+    assert set(shift["estimators"]) == set(text.SHIFT_MEASURES)
+    assert shift["n_boot"] == 20  # conf/debug/tiny.yaml
+    for target, row in shift["targets"].items():
+        # Every measure is finite for every target, the unlabelled ones included.
+        for m in text.SHIFT_MEASURES:
+            assert isinstance(row[m], float) and math.isfinite(row[m]), (target, m)
+        assert 0.0 < row["js_input"] <= math.log(2)
+        assert 0.0 <= row["pad_feature"] <= 2.0 and 0.0 <= row["overlap_topk"] <= 1.0
+        assert row["kl_feature"] > 0 and row["test_ppl"] > 1.0
+        assert set(row["ci"]) == set(text.CI_MEASURES), target
+        for m, (lo, hi) in row["ci"].items():
+            point = row[m]
+            assert math.isfinite(lo) and lo <= hi, (target, m)
+            # README: a divergence's interval brackets its (upward-biased plug-in) point estimate
+            # or lies above it; the top-k overlap's brackets it or lies below it.
+            if m == "overlap_topk":
+                assert 0.0 <= lo <= point + 1e-9 and hi <= 1.0, (target, lo, point, hi)
+            else:
+                assert hi >= point - 1e-9, (target, m, lo, point, hi)
+    # Correlations: every measure, over the labelled targets only.
+    assert shift["correlated_targets"] == LABELLED
+    assert set(shift["correlations"]) == set(text.SHIFT_MEASURES)
+    labelled = {t: shift["targets"][t] for t in LABELLED}
+    assert shift["correlations"] == correlation_table(labelled, list(text.SHIFT_MEASURES))
+    assert shift["spearman_kl_gain"] == shift["correlations"]["kl_input"]["spearman"]
+    plots = tiny_pipeline / "reports/text/plots"
+    for png in ("kl_vs_gain.png", "shift_vs_gain.png"):
+        assert (plots / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_text_curves_cover_the_labelled_targets(tiny_pipeline: Path) -> None:
+    curves = json.loads((tiny_pipeline / "reports/text/curves.json").read_text())
+    assert curves["route"] == "text" and curves["objective"] == "mlm"
+    # debug/tiny asks for commons, fortunes, kjv: commons has no classes and is skipped.
+    assert list(curves["targets"]) == ["fortunes", "kjv"]
+    for target, c in curves["targets"].items():
+        assert set(c["freeze_depth"]) == {"0", "2"}, target  # tiny: embeddings + 1 layer
+        assert set(c["shots"]) == {"mlm", "scratch"}
+        for series in c["shots"].values():
+            assert set(series) == {"1", "4"}
+        values = [
+            *c["freeze_depth"].values(),
+            *(v for s in c["shots"].values() for v in s.values()),
+        ]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        # 4 shots = the whole tiny training set at depth 0: one fit, on both curves.
+        assert c["shots"]["mlm"]["4"] == c["freeze_depth"]["0"]
+    plots = tiny_pipeline / "reports/text/plots"
+    for name in ("freeze_depth.png", "sample_efficiency.png"):
+        assert (plots / name).read_bytes()[:4] == b"\x89PNG", name
+    rows = json.loads((plots / "freeze_depth.json").read_text())
+    assert {r["target"] for r in rows} == {"fortunes", "kjv"}
+    # The text section of the summary shows the curves, one column per target.
+    summary = (tiny_pipeline / "reports/summary.md").read_text()
+    text_part = summary[summary.index("## text route") :]
+    assert "| frozen blocks k | fortunes | kjv |" in text_part
+    assert "| examples per class | fortunes | kjv |" in text_part
+    assert "| 0 | " in text_part and "| 4 | " in text_part
+    # `dvc plots show` renders the text route's shift and curve plots.
+    out = run([str(BIN / "dvc"), "plots", "show", "--json"], tiny_pipeline).stdout
+    for name in (
+        "kl_vs_gain.png",
+        "shift_vs_gain.png",
+        "freeze_depth.json",
+        "sample_efficiency.png",
+    ):
+        assert f"reports/text/plots/{name}" in out, name
+
+
 def test_text_stages_are_dvc_stages(tiny_pipeline: Path) -> None:
     log = (tiny_pipeline / "repro.log").read_text()
-    for stage in ("data@text", "pretrain-text@mlm", "pretrain-text@clm", "finetune@text"):
+    for stage in (
+        "data@text",
+        "pretrain-text@mlm",
+        "pretrain-text@clm",
+        "finetune@text",
+        "curves@text",
+    ):
         assert stage in log, stage
     status = json.loads(run([str(BIN / "dvc"), "status", "--json"], tiny_pipeline).stdout or "{}")
     assert not status

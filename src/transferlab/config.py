@@ -234,18 +234,8 @@ def validate(cfg: DictConfig, stage: str | None = None) -> None:
             _validate_finetune(
                 OmegaConf.merge(cfg, {"finetune": variant}), f"finetune.variants.{name}"
             )
-    if stage in (None, "curves") and "curves" in cfg and route == "image":
-        n_blocks = len(cfg.model[route].widths) if "widths" in cfg.model[route] else None
-        for k in cfg.curves.freeze_depths:
-            if not isinstance(k, int) or k < 0 or (n_blocks is not None and k > n_blocks):
-                raise ConfigError(f"curves.freeze_depths contains {k!r}; allowed 0..{n_blocks}")
-        shots = int(cfg.data[route].get("shots_per_class", 0))
-        for n in cfg.curves.shots:
-            if not isinstance(n, int) or n < 1 or n > shots:
-                raise ConfigError(
-                    f"curves.shots contains {n!r}; allowed 1..{shots} (data.{route}.shots_per_class)"
-                )
-        _number(cfg, "curves.max_epochs", lo=1, integer=True)
+    if stage in (None, "curves") and "curves" in cfg:
+        _validate_curves(cfg, route)
     if stage is not None and stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}'; allowed: {', '.join(STAGES)}")
     if stage is not None:
@@ -340,6 +330,54 @@ def _validate_text(cfg: DictConfig, stage: str | None, objectives: Sequence[str]
             raise ConfigError(
                 f"finetune.freeze_depth={k} is beyond the text backbones' depth {depth} "
                 f"(embeddings + layers); allowed 0..{depth}"
+            )
+
+
+def curve_blocks(cfg: DictConfig, route: str) -> int | None:
+    """Blocks of the backbone the curves fine-tune (the route's primary objective's), if known.
+
+    Image: one per CNN stage (``len(model.image.widths)``). Text: ``[embeddings, layer 1..n]``,
+    i.e. ``n_layers + 1`` of the primary objective's architecture (``objectives.<o>.model``).
+    """
+    if route == "text":
+        key = OmegaConf.select(cfg, f"objectives.{primary_objective(cfg, route)}.model")
+        layers = OmegaConf.select(cfg, f"model.text.{key}.n_layers", default=None)
+        return int(layers) + 1 if isinstance(layers, int) else None
+    widths = OmegaConf.select(cfg, f"model.{route}.widths", default=None)
+    return len(widths) if widths is not None else None
+
+
+def _validate_curves(cfg: DictConfig, route: str) -> None:
+    """``curves.<route>``: depths within the backbone, shots within the few-shot set, targets."""
+    key = f"curves.{route}"
+    ccfg = _need(cfg, key)
+    if not isinstance(ccfg, DictConfig):
+        raise ConfigError(f"{key} must be a mapping with freeze_depths, shots, max_epochs, targets")
+    n_blocks = curve_blocks(cfg, route)
+    for name in ("freeze_depths", "shots"):
+        values = _need(cfg, f"{key}.{name}")
+        if not isinstance(values, ListConfig) or len(values) == 0:
+            raise ConfigError(f"{key}.{name} must be a non-empty list")
+    for k in ccfg.freeze_depths:
+        if (
+            not isinstance(k, int)
+            or isinstance(k, bool)
+            or k < 0
+            or (n_blocks is not None and k > n_blocks)
+        ):
+            raise ConfigError(f"{key}.freeze_depths contains {k!r}; allowed 0..{n_blocks}")
+    shots = int(cfg.data[route].get("shots_per_class", 0))
+    for n in ccfg.shots:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > shots:
+            raise ConfigError(
+                f"{key}.shots contains {n!r}; allowed 1..{shots} (data.{route}.shots_per_class)"
+            )
+    _number(cfg, f"{key}.max_epochs", lo=1, integer=True)
+    known = [str(t) for t in cfg.data[route].get("targets") or []]
+    for t in ccfg.get("targets") or []:
+        if str(t) not in known:
+            raise ConfigError(
+                f"{key}.targets: unknown target '{t}'; allowed: {', '.join(known)} (or null: all)"
             )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from transferlab.io import atomic_path
 
@@ -41,6 +42,18 @@ def accuracy_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: st
     _save(fig, path)
 
 
+def _intervals(
+    ax: Any, intervals: Sequence[Sequence[float | None] | None], ys: Sequence[float]
+) -> None:
+    """Horizontal interval bars ``[lo, hi]`` at each ``y``, drawn where they are, not around the point:
+    a percentile interval of a biased estimator need not contain the point estimate."""
+    for ci, y in zip(intervals, ys, strict=True):
+        if ci is None or any(v is None for v in ci):
+            continue
+        ax.plot([ci[0], ci[1]], [y, y], color="C0", lw=1.2, alpha=0.7)
+        ax.plot([ci[0], ci[1]], [y, y], "|", color="C0", ms=8, alpha=0.7)
+
+
 def kl_vs_gain(
     names: Sequence[str],
     kl: Sequence[float],
@@ -53,19 +66,60 @@ def kl_vs_gain(
     """Scatter of a shift measure against transfer gain, one labelled point per target."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    ax.scatter(kl, gain, zorder=3)
     if kl_err is not None:
-        # A percentile interval of a biased estimator need not contain the point estimate.
-        lo = [max(0.0, k - e[0]) for k, e in zip(kl, kl_err, strict=True)]
-        hi = [max(0.0, e[1] - k) for k, e in zip(kl, kl_err, strict=True)]
-        ax.errorbar(kl, gain, xerr=[lo, hi], fmt="o", capsize=3)
-    else:
-        ax.scatter(kl, gain)
+        _intervals(ax, kl_err, gain)
     for n, x, y in zip(names, kl, gain, strict=True):
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.margins(x=0.15)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("gain = acc(pretrained) − acc(scratch)")
     ax.set_title(title)
+    _save(fig, path)
+
+
+def measures_vs_gain(
+    rows: Mapping[str, Mapping[str, Any]],
+    measures: Sequence[str],
+    path: Path,
+    title: str,
+    correlations: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> None:
+    """One panel per shift measure: its value (x; the row's ``ci`` drawn as a bar where it has one)
+    against ``gain`` (y), one labelled point per target; the panel title carries Spearman ρ and
+    Pearson r from ``correlations``. Targets whose value or gain is null are left out of a panel."""
+    plt = _plt()
+    ncols = min(4, max(1, len(measures)))
+    nrows = -(-len(measures) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.1 * ncols, 2.8 * nrows), squeeze=False, sharey=True
+    )
+    for ax in axes.flat[len(measures) :]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, measures, strict=False):
+        pts = [
+            (t, r[m], r["gain"], (r.get("ci") or {}).get(m))
+            for t, r in rows.items()
+            if r.get(m) is not None and r.get("gain") is not None
+        ]
+        for t, x, y, _ in pts:
+            ax.plot([x], [y], "o", color="C0", zorder=3)
+            ax.annotate(t, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        _intervals(ax, [ci for *_, ci in pts], [y for _, _, y, _ in pts])
+        ax.margins(x=0.2)
+        c = (correlations or {}).get(m) or {}
+
+        def _f(v: float | None) -> str:
+            return "–" if v is None else f"{v:+.2f}"
+
+        ax.set_title(f"{m}  ρ={_f(c.get('spearman'))} r={_f(c.get('pearson'))}", fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.tick_params(labelsize=7)
+    for row_axes in axes:
+        row_axes[0].set_ylabel("gain", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(hspace=0.45, wspace=0.12)
     _save(fig, path)
 
 

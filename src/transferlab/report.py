@@ -24,12 +24,24 @@ SHIFT_COLUMNS = [
 ]
 
 
-def _fmt(v: Any, ci: Sequence[float] | None = None) -> str:
+def _num(v: float) -> str:
+    """Three decimals (four below 0.01); one for large values (perplexities), scientific below 1e-4."""
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 0.01 or a == 0:
+        return f"{v:.3f}"
+    return f"{v:.4f}" if a >= 1e-4 else f"{v:.2e}"
+
+
+def _fmt(v: Any, ci: Sequence[float | None] | None = None) -> str:
     if v is None:
         return "–"
-    if isinstance(v, float | int):
-        s = f"{v:.3f}"
-        return f"{s} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else s
+    if isinstance(v, float | int) and not isinstance(v, bool):
+        s = _num(v)
+        if ci and all(isinstance(c, float | int) for c in ci):
+            return f"{s} [{_num(ci[0])}, {_num(ci[1])}]"
+        return s
     return str(v)
 
 
@@ -61,8 +73,10 @@ def route_section(route: str, reports: Path) -> list[str]:
         f"## {route} route",
         "",
         f"Source: `{sh.get('source', '?')}`; primary objective: `{ev.get('primary_objective', '?')}`. "
-        "Gain = test accuracy of the pre-trained model minus scratch (same architecture and budget). "
-        "Brackets: 95 % bootstrap interval.",
+        "Gain = test accuracy of the pre-trained model minus scratch (same architecture and budget); "
+        "– where a target has no labels. Brackets: 95 % percentile-bootstrap interval "
+        f"({sh.get('n_boot', '?')} draws); the interval of a biased plug-in estimator can sit "
+        "beside the point estimate (an upward-biased divergence's: above it).",
         "",
         "| target | "
         + " | ".join(label for _, label in cols)
@@ -85,18 +99,24 @@ def route_section(route: str, reports: Path) -> list[str]:
         )
     corr = sh.get("correlations", {})
     if corr:
+        among = sh.get("correlated_targets") or [
+            t for t, r in sh.get("targets", {}).items() if r.get("gain") is not None
+        ]
         lines += [
             "",
-            "How well each shift measure predicts the gain across targets:",
+            f"How well each shift measure predicts the gain across the {len(among)} targets with "
+            f"a gain ({', '.join(among)}):",
             "",
             "| measure | Spearman ρ | Pearson r |",
             "|---|---|---|",
         ]
         for m, c in corr.items():
             lines.append(f"| {m} | {_fmt(c.get('spearman'))} | {_fmt(c.get('pearson'))} |")
+    lines += curves_section(reports / route / "curves.json")
     for png, caption in (
         ("accuracy.png", "Test accuracy per target and variant"),
         ("kl_vs_gain.png", "Shift vs transfer gain"),
+        ("shift_vs_gain.png", "Every shift measure vs transfer gain"),
         ("freeze_depth.png", "Accuracy vs freezing depth"),
         ("sample_efficiency.png", "Sample efficiency: pre-trained vs scratch"),
         ("confusion.png", "Confusion matrices (primary objective)"),
@@ -105,6 +125,51 @@ def route_section(route: str, reports: Path) -> list[str]:
         if (reports / route / "plots" / png).exists():
             lines += ["", f"**{caption}**", "", f"![{caption}]({route}/plots/{png})"]
     return [*lines, ""]
+
+
+def curves_section(path: Path) -> list[str]:
+    """Markdown tables of a route's ``curves.json``: one column per target (so that the only row
+    that starts with a target's name stays the shift table's)."""
+    if not path.exists():
+        return []
+    curves = json.loads(path.read_text())
+    targets = list(curves.get("targets", {}))
+    if not targets:
+        return []
+    objective = curves.get("objective", "pretrained")
+    epochs = curves.get("max_epochs")
+    budget = f", {epochs} fine-tuning epoch{'s' * (epochs != 1)} per point" if epochs else ""
+    head = "| " + " | ".join(targets) + " |"
+    rule = "|---|" + "---|" * len(targets)
+    depths = sorted({k for t in targets for k in curves["targets"][t]["freeze_depth"]}, key=int)
+    lines = [
+        "",
+        f"Accuracy vs frozen blocks k (`{objective}`{budget}; k = all blocks is a linear probe):",
+        "",
+        "| frozen blocks k " + head,
+        rule,
+    ]
+    for k in depths:
+        cells = [_fmt(curves["targets"][t]["freeze_depth"].get(k)) for t in targets]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    shots = sorted(
+        {n for t in targets for pts in curves["targets"][t]["shots"].values() for n in pts}, key=int
+    )
+    lines += [
+        "",
+        f"Sample efficiency: accuracy `{objective}` / `scratch` vs labelled examples per class{budget}:",
+        "",
+        "| examples per class " + head,
+        rule,
+    ]
+    for n in shots:
+        cells = []
+        for t in targets:
+            series = curves["targets"][t]["shots"]
+            pre, scr = series.get(objective, {}).get(n), series.get("scratch", {}).get(n)
+            cells.append(f"{_fmt(pre)} / {_fmt(scr)}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_summary(reports: Path, routes: Sequence[str]) -> str:

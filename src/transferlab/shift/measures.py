@@ -2,12 +2,14 @@
 
 Each measure is an estimator from :mod:`transferlab.shift.estimators` applied to one
 representation; the table below is written into ``shift.json`` so every number names its
-estimator. Input space uses raw values (pixel intensities, or token ids for text); feature space
-uses the primary backbone's pooled features.
+estimator. Input space uses raw values: pixel intensities (:func:`input_measures`), or token
+counts for text (:func:`token_measures`, resampled by whole blocks in :func:`bootstrap_groups`);
+feature space uses the primary backbone's pooled features (:func:`feature_measures`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +45,61 @@ def input_measures(
         "kl_input": est.histogram_kl(s, t, bins=bins, range_=(0.0, 1.0), alpha=alpha),
         "js_input": est.histogram_js(s, t, bins=bins, range_=(0.0, 1.0), alpha=alpha),
     }
+
+
+def topk_overlap_counts(c_src: np.ndarray, c_tgt: np.ndarray, k: int) -> float:
+    """:func:`~transferlab.shift.estimators.topk_overlap` from two count vectors over one vocabulary.
+
+    ``|T_k(t) ∩ T_k(s)| / |T_k(t)|``, where ``T_k`` holds the ``k`` most frequent types among those
+    with a count > 0, ties broken by the smaller index (the same convention as the estimator on
+    raw ids, so both agree whenever the index order is the id order). Counts can come from a
+    resample (e.g. a bootstrap over documents), which raw id arrays would make costly.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+    def top(c: np.ndarray) -> set[int]:
+        ids = np.flatnonzero(c > 0)
+        if ids.size == 0:
+            raise ValueError("empty counts; top-k tokens are undefined")
+        return set(ids[np.lexsort((ids, -c[ids]))[: int(k)]].tolist())
+
+    top_t = top(np.asarray(c_tgt, dtype=np.float64).ravel())
+    return len(top_t & top(np.asarray(c_src, dtype=np.float64).ravel())) / len(top_t)
+
+
+def token_measure_fns(
+    alpha: float, top_k: int
+) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """The token-space measures as functions of two count vectors over one vocabulary of ``V`` types.
+
+    With add-``alpha`` smoothed unigrams ``p_v = (c_v + α) / (N + Vα)``
+    (:func:`~transferlab.shift.estimators.unigram_distribution`):
+
+    - ``kl_input = Σ_v p_s(v) log(p_s(v) / p_t(v))``; plug-in, biased up by about
+      ``(V − 1)(1/N_s + 1/N_t) / 2`` for i.i.d. tokens (more for bursty text, whose effective
+      ``N`` is smaller), pulled toward 0 by the smoothing (mass ``Vα / (N + Vα)`` moved to uniform);
+    - ``js_input = ½ KL(p_s || m) + ½ KL(p_t || m)``, ``m = ½(p_s + p_t)``: symmetric, ``<= ln 2``,
+      plug-in bias about a quarter of the KL's;
+    - ``overlap_topk``: :func:`topk_overlap_counts` of the raw counts (a similarity, 1 = same top-k).
+    """
+
+    def dist(c: np.ndarray) -> np.ndarray:
+        c = np.asarray(c, dtype=np.float64).ravel()
+        return est.unigram_distribution(c, len(c), alpha, counts=True)
+
+    return {
+        "kl_input": lambda c_s, c_t: est.kl_divergence(dist(c_s), dist(c_t)),
+        "js_input": lambda c_s, c_t: est.js_divergence(dist(c_s), dist(c_t)),
+        "overlap_topk": lambda c_s, c_t: topk_overlap_counts(c_s, c_t, top_k),
+    }
+
+
+def token_measures(
+    c_src: np.ndarray, c_tgt: np.ndarray, alpha: float, top_k: int
+) -> dict[str, float]:
+    """``{"kl_input", "js_input", "overlap_topk"}`` of two count vectors (:func:`token_measure_fns`)."""
+    return {name: fn(c_src, c_tgt) for name, fn in token_measure_fns(alpha, top_k).items()}
 
 
 def feature_measures(
@@ -81,6 +138,44 @@ def bootstrap(
         ]
         for name, fn in measures.items()
     }
+
+
+def bootstrap_groups(
+    measures: Mapping[str, Callable[[np.ndarray, np.ndarray], float]],
+    g_src: Any,
+    g_tgt: Any,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, list[float]]:
+    """95 % percentile-bootstrap interval per count-vector measure, resampling whole groups.
+
+    ``g_src`` (``n_s × V``) and ``g_tgt`` (``n_t × V``) hold one row of counts per group (a
+    document or an LM block; dense or ``scipy.sparse``). Each replicate draws ``n_s`` and ``n_t``
+    groups with replacement (:func:`bootstrap` on the row indices, so the draws are those of the
+    image route's intervals) and evaluates ``measure(Σ source rows, Σ target rows)``. Resampling
+    groups rather than tokens keeps the within-group dependence (bursty vocabulary), which a token
+    bootstrap would ignore and so report too narrow an interval; contiguous blocks of one document
+    are still correlated, so block intervals are somewhat narrow too.
+    """
+    n_s, n_t = g_src.shape[0], g_tgt.shape[0]
+    t_src, t_tgt = g_src.T, g_tgt.T
+    # Every measure's replicates draw the same rows (same seed): sum each resample once.
+    cache: dict[tuple[int, bytes], np.ndarray] = {}
+
+    def summed(g_t: Any, idx: np.ndarray, n: int) -> np.ndarray:
+        key = (id(g_t), hashlib.blake2b(idx.tobytes(), digest_size=16).digest())
+        if key not in cache:
+            weights = np.bincount(idx.ravel(), minlength=n).astype(np.float64)
+            cache[key] = np.asarray(g_t @ weights).ravel()
+        return cache[key]
+
+    fns = {
+        name: (lambda a, b, fn=fn: fn(summed(t_src, a, n_s), summed(t_tgt, b, n_t)))
+        for name, fn in measures.items()
+    }
+    rows_s, rows_t = np.arange(n_s)[:, None], np.arange(n_t)[:, None]
+    return bootstrap(fns, rows_s, rows_t, n_boot=n_boot, seed=seed, max_n=None)
 
 
 def correlation_table(

@@ -189,11 +189,25 @@ def make_loader(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 256, by_length: bool = False
+) -> torch.Tensor:
+    """Outputs for every row of ``x``, in batches with their all-padding columns trimmed.
+
+    ``by_length``: batch the rows in order of their real length (stable), so that each batch
+    trims to its own longest row: about twice as fast on mixed lengths (tweets); the outputs come
+    back in ``x``'s order and differ from unsorted batching only by float rounding (~1e-7).
+    """
     model.eval()
-    return torch.cat(
-        [model(trim_padding((x[i : i + batch_size],))[0]) for i in range(0, len(x), batch_size)]
+    order = torch.argsort((x != PAD_ID).sum(-1), stable=True) if by_length else None
+    rows = x[order] if order is not None else x
+    out = torch.cat(
+        [
+            model(trim_padding((rows[i : i + batch_size],))[0])
+            for i in range(0, len(rows), batch_size)
+        ]
     )
+    return out[torch.argsort(order)] if order is not None else out
 
 
 # --------------------------------------------------------------------------- DAPT
@@ -413,83 +427,136 @@ def _vocab_size(data_dir: Path) -> int:
 
 
 # --------------------------------------------------------------------------- shift-analysis stage
-def shift_analysis(cfg: DictConfig) -> dict[str, Any]:
-    """``reports/text/shift.json``: token KL, top-k overlap and feature KL per target.
+#: The text route's shift measures, in report order (``correlations`` has one row each).
+SHIFT_MEASURES = (
+    "kl_input",
+    "js_input",
+    "kl_feature",
+    "kl_feature_knn",
+    "mmd_feature",
+    "pad_feature",
+    "overlap_topk",
+    "test_ppl",
+)
+#: The measures with bootstrap intervals (cheap per draw; kNN, MMD and PAD cost O(n²) each).
+CI_MEASURES = ("kl_input", "js_input", "overlap_topk", "kl_feature")
 
-    Same schema as the image route (``kl_input``, ``kl_feature``, ``n_target``, ``gain``) plus
-    ``overlap_topk`` and the primary model's ``test_ppl``; ``spearman_kl_gain`` ranks the labelled
-    targets, ``spearman_kl_ppl`` every target (estimators: :mod:`transferlab.shift.text`).
+
+def shift_analysis(cfg: DictConfig) -> dict[str, Any]:
+    """``reports/text/shift.json``: the image route's measures and schema on token ids and features.
+
+    Per target (:mod:`transferlab.shift.text`): ``kl_input``, ``js_input`` and ``overlap_topk`` on
+    token unigrams; ``kl_feature`` (Gaussian fit), ``kl_feature_knn``, ``mmd_feature`` and
+    ``pad_feature`` on the primary backbone's pooled features (:mod:`transferlab.shift.measures`);
+    ``test_ppl`` of the primary model; ``n_target`` (target tokens counted) and ``gain`` (null for
+    unlabelled targets). With ``shift.text.n_boot > 0``, ``ci`` holds 95 % percentile-bootstrap
+    intervals of :data:`CI_MEASURES`, resampling whole LM blocks (token measures: block count
+    vectors; ``kl_feature``: one feature row per block). ``correlations``: Spearman and Pearson of
+    every measure with the gain across the labelled targets only; ``spearman_kl_gain`` and
+    ``spearman_kl_feature_gain`` repeat two of them, ``spearman_kl_ppl`` ranks ``kl_input`` against
+    ``test_ppl`` over every target.
     """
+    import importlib
     import json
 
     import numpy as np
+    from threadpoolctl import threadpool_limits
 
     from transferlab.data.loaders import load_dataset
+    from transferlab.errors import DataSourceError
     from transferlab.io import write_json
     from transferlab.models.checkpoint import load_backbone
-    from transferlab.plots import kl_vs_gain
+    from transferlab.plots import kl_vs_gain, measures_vs_gain
+    from transferlab.shift import estimators as est
+    from transferlab.shift import measures
     from transferlab.shift import text as ts
-    from transferlab.shift.estimators import correlations, gaussian_kl
     from transferlab.tracking import StageRun
 
     scfg = cfg.shift[ROUTE]
     dirs = route_dirs(cfg, ROUTE)
     primary = primary_objective(cfg, ROUTE)
-    evaluation = json.loads((dirs["reports"] / "evaluate.json").read_text())
+    ev_path = dirs["reports"] / "evaluate.json"
+    if not ev_path.exists():
+        raise DataSourceError(f"{ev_path} is missing: run the evaluate stage first (dvc repro)")
+    evaluation = json.loads(ev_path.read_text())
     alpha, top_k = float(scfg.alpha), int(scfg.top_k)
     n_max, eps = int(scfg.max_samples), float(scfg.feature_eps)
+    knn_k, n_boot = int(scfg.get("knn_k", 5)), int(scfg.get("n_boot", 0))
+    seed = int(cfg.seed)
     vocab = _vocab_size(dirs["data"])
     tags = {"route": ROUTE, "run_name": f"shift:{ROUTE}"}
 
-    def _round(x: float) -> float | None:
+    def _round(x: float | None) -> float | None:
         return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
-    with StageRun(cfg, "shift-analysis", tags=tags, manifest=dirs["manifest"]) as tr:
+    # Small dense algebra (64-d covariances, logistic regression): one BLAS thread is fastest, and
+    # a multi-threaded BLAS on busy cores is 10-40x slower. threadpoolctl limits the libraries
+    # loaded when it is entered, so load scipy's and scikit-learn's own BLAS/OpenMP first.
+    for module in ("scipy.optimize", "scipy.spatial", "sklearn.linear_model"):
+        importlib.import_module(module)
+
+    with (
+        StageRun(cfg, "shift-analysis", tags=tags, manifest=dirs["manifest"]) as tr,
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
         source = ts.lm_blocks(load_dataset(dirs["data"] / "source.pt"))
-        src_ids = ts.kept_ids(source)
+        g_src = ts.block_counts(source, vocab)
+        c_src = np.asarray(g_src.sum(axis=0)).ravel()
         backbone, _ = load_backbone(dirs["pretrain"] / primary / "backbone.pt")
-        f_src = ts.features(backbone, ts.subsample(torch.cat(source), n_max, cfg.seed))
+        f_src = ts.features(backbone, ts.subsample(torch.cat(source), n_max, seed))
         rows: dict[str, dict[str, Any]] = {}
         for target in map(str, cfg.data[ROUTE].targets):
             blocks = ts.lm_blocks(load_dataset(dirs["data"] / "targets" / f"{target}.pt"))
-            tgt_ids = ts.kept_ids(blocks)
-            tok = ts.token_shift(src_ids, tgt_ids, vocab, alpha, top_k)
-            f_tgt = ts.features(backbone, ts.subsample(torch.cat(blocks), n_max, cfg.seed))
+            g_tgt = ts.block_counts(blocks, vocab)
+            c_tgt = np.asarray(g_tgt.sum(axis=0)).ravel()
+            f_tgt = ts.features(backbone, ts.subsample(torch.cat(blocks), n_max, seed))
             entry = evaluation["targets"][target]
-            rows[target] = {
-                "kl_input": _round(tok["kl_input"]),
-                "kl_feature": _round(gaussian_kl(f_src, f_tgt, eps=eps)),
-                "overlap_topk": _round(tok["overlap_topk"]),
-                "n_target": len(tgt_ids),
-                "gain": entry.get("gain"),
+            values = {
+                **measures.token_measures(c_src, c_tgt, alpha, top_k),
+                **measures.feature_measures(f_src, f_tgt, seed=seed, eps=eps, knn_k=knn_k),
                 "test_ppl": entry["pretrained"].get("test/ppl"),
             }
+            row: dict[str, Any] = {m: _round(values[m]) for m in SHIFT_MEASURES}
+            if n_boot > 0:
+                row["ci"] = {
+                    **measures.bootstrap_groups(
+                        measures.token_measure_fns(alpha, top_k),
+                        g_src,
+                        g_tgt,
+                        n_boot=n_boot,
+                        seed=seed,
+                    ),
+                    **measures.bootstrap(
+                        {"kl_feature": lambda a, b: est.gaussian_kl(a, b, eps=eps)},
+                        f_src,
+                        f_tgt,
+                        n_boot=n_boot,
+                        seed=seed,
+                        max_n=None,
+                    ),
+                }
+            row["n_target"] = int(c_tgt.sum())
+            row["gain"] = entry.get("gain")
+            rows[target] = row
         names = list(rows)
         labelled = [t for t in names if rows[t]["gain"] is not None]
-
-        def _corr(key: str, against: str, among: list[str]) -> float | None:
-            xs = np.array([rows[t][key] for t in among], dtype=float)
-            ys = np.array([rows[t][against] for t in among], dtype=float)
-            return _round(correlations(xs, ys)["spearman"])
-
+        corr = measures.correlation_table(rows, list(SHIFT_MEASURES))  # gain null: left out
+        kl_ppl = est.correlations(
+            [np.nan if rows[t]["kl_input"] is None else rows[t]["kl_input"] for t in names],
+            [np.nan if rows[t]["test_ppl"] is None else rows[t]["test_ppl"] for t in names],
+        )["spearman"]
         report = {
             "route": ROUTE,
             "source": str(cfg.data[ROUTE].get("source", "source")),
-            "estimators": {
-                "kl_input": (
-                    f"KL of token-unigram distributions (source tokenizer, {len(ts.vocabulary(vocab))}"
-                    f" ids: all but [PAD] [CLS] [SEP] [MASK]), add-{alpha} smoothing"
-                ),
-                "kl_feature": f"Gaussian-fit KL of '{primary}' backbone features of LM blocks "
-                f"(ridge {eps}, at most {n_max} blocks per side)",
-                "overlap_topk": f"share of the target's top-{top_k} tokens among the source's top-{top_k}",
-                "test_ppl": f"perplexity of the '{primary}' model on the target's held-out text",
-            },
-            "n_source": len(src_ids),
+            "estimators": ts.descriptions(vocab, alpha, top_k, primary, eps, n_max, knn_k),
+            "n_source": int(c_src.sum()),
+            "n_boot": n_boot,
             "targets": rows,
-            "spearman_kl_gain": _corr("kl_input", "gain", labelled),
-            "spearman_kl_feature_gain": _corr("kl_feature", "gain", labelled),
-            "spearman_kl_ppl": _corr("kl_input", "test_ppl", names),
+            "correlated_targets": labelled,
+            "correlations": corr,
+            "spearman_kl_gain": corr["kl_input"]["spearman"],
+            "spearman_kl_feature_gain": corr["kl_feature"]["spearman"],
+            "spearman_kl_ppl": _round(kl_ppl),
         }
         out = dirs["reports"]
         write_json(out / "shift.json", report)
@@ -499,16 +566,25 @@ def shift_analysis(cfg: DictConfig) -> dict[str, Any]:
             [rows[t]["gain"] for t in labelled],
             out / "plots" / "kl_vs_gain.png",
             "D_KL(P_source || P_target), token unigrams [nats]",
-            f"{ROUTE}: shift vs transfer gain",
+            f"{ROUTE}: shift vs transfer gain"
+            + (" (95% bootstrap CI, whole blocks resampled)" if n_boot > 0 else ""),
+            kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in labelled] if n_boot > 0 else None,
+        )
+        measures_vs_gain(
+            {t: rows[t] for t in labelled},
+            list(SHIFT_MEASURES),
+            out / "plots" / "shift_vs_gain.png",
+            f"{ROUTE}: every shift measure vs transfer gain (labelled targets)",
+            correlations=corr,
         )
         tr.log_metrics(
             {
-                f"{t}/{k}": r[k]
+                f"{t}/{m}": r[m]
                 for t, r in rows.items()
-                for k in ("kl_input", "kl_feature", "overlap_topk")
-                if r[k] is not None
+                for m in SHIFT_MEASURES
+                if r.get(m) is not None
             }
         )
-        for name in ("shift.json", "plots/kl_vs_gain.png"):
+        for name in ("shift.json", "plots/kl_vs_gain.png", "plots/shift_vs_gain.png"):
             tr.log_artifact(out / name, "reports")
     return report
