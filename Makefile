@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONDONTWRITEBYTECODE :=
 PORT ?= 5000
 
-.PHONY: help setup run test test-slow lint format params ui ui-screenshot bench clean
+.PHONY: help setup run test test-slow lint format params ui ui-screenshot bench bench-pruning clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,8 +18,12 @@ help:  ## list the targets
 setup:  ## install what is missing (Debian data packages, .venv with the pinned set)
 	@bash scripts/install.sh
 
-run: setup  ## set up, then run the whole pipeline (dvc repro)
-	TRANSFERLAB_PIPELINE_ID=$$(python -c 'import uuid; print(uuid.uuid4().hex[:12])') dvc repro
+run: setup  ## set up, then run the whole pipeline (dvc repro); its wall time goes to reports/run_timing.json
+	@id=$$(python -c 'import uuid; print(uuid.uuid4().hex[:12])'); start=$$(date +%s.%N); \
+	echo "TRANSFERLAB_PIPELINE_ID=$$id dvc repro"; \
+	TRANSFERLAB_PIPELINE_ID=$$id dvc repro; rc=$$?; \
+	python scripts/bench.py record-run --pipeline-id $$id --start $$start --exit-code $$rc; \
+	exit $$rc
 
 test: setup  ## the default test suite (< 10 min on 2 cores)
 	pytest
@@ -45,7 +49,10 @@ ui: setup  ## MLflow UI on 127.0.0.1:$(PORT) over ./mlflow.db
 ui-screenshot: setup  ## screenshots of the MLflow runs table and compare view (headless chromium) into reports/ui/
 	python scripts/ui_screenshot.py --project . --out reports/ui
 
-bench: setup  ## benchmarks (needs `make run` first): Optuna pruning vs none on the same budget
+bench: setup  ## performance figures (< 10 min): overhead, MFU, data path, pipeline, scaling -> reports/bench.json
+	python scripts/bench.py
+
+bench-pruning: setup  ## Optuna pruning vs none on the same budget (needs `make run` first)
 	python scripts/bench_pruning.py
 
 clean:  ## remove pipeline outputs and tracking data (not the venv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def _fails(project: Path, *args: str, contains: str) -> str:
     assert contains in lines[-1], lines[-1]
     assert "Traceback" not in proc.stderr
     assert _tree_hash(project) == before, "a failed run must leave earlier outputs intact"
+    if table := os.environ.get("TRANSFERLAB_BAD_INPUT_TABLE"):  # the closing note's table
+        with open(table, "a") as f:
+            f.write(f"| `transferlab {' '.join(args)}` | `{lines[-1]}` |\n")
     return lines[-1]
 
 

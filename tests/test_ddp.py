@@ -36,7 +36,8 @@ def test_ddp_config_builds_a_two_process_gloo_trainer() -> None:
 def test_gpu_config_compiles_in_place_and_keeps_checkpoint_keys() -> None:
     from torch import nn
 
-    from transferlab.stages.common import DeviceTuning, make_trainer
+    from transferlab.stages.callbacks import DeviceTuning
+    from transferlab.stages.common import make_trainer
 
     cfg = compose(
         ["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"],

@@ -305,13 +305,24 @@ class StageRun:
         return make_buffered_logger(self.tracking_uri, child.info.run_id)
 
 
+#: Buffered metrics are written once this many are waiting (MLflow's batch limit) ...
+FLUSH_METRICS = 1000
+#: ... or when the oldest waiting one is this many seconds old, so long fits still show live curves.
+FLUSH_SECONDS = 30.0
+
+
 def make_buffered_logger(tracking_uri: str, run_id: str) -> Any:
     """Lightning's MLFlowLogger, buffering metrics so a fit costs one DB write, not one per log step.
 
     A subclass rather than a new logger: it keeps MLFlowLogger's naming, hyper-parameter and
     finalisation behaviour, and only moves the write from every ``log_every_n_steps`` to flushes of
-    up to 1,000 metrics (MLflow's batch limit) at the end of each epoch and of the fit.
+    up to 1,000 metrics (MLflow's batch limit): when 1,000 are waiting, when the oldest has waited
+    ``FLUSH_SECONDS``, and when the fit ends (Lightning finalises its loggers on success and on
+    an exception alike). Lightning calls ``save()`` after every ``log_metrics``; flushing there cost
+    one SQLite commit (~25 ms) per logged step and epoch, ~15 % of a default fine-tuning fit.
     """
+    import time
+
     from lightning.pytorch.loggers import MLFlowLogger
     from mlflow.entities import Metric
 
@@ -319,25 +330,30 @@ def make_buffered_logger(tracking_uri: str, run_id: str) -> Any:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._buffer: list[Metric] = []
+            self._oldest: float | None = None
 
         def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-            import time
-
             ts = int(time.time() * 1000)
             self._buffer.extend(
                 Metric(key=k, value=float(v), timestamp=ts, step=step or 0)
                 for k, v in metrics.items()
                 if not isinstance(v, str)
             )
+            if self._oldest is None and self._buffer:
+                self._oldest = time.monotonic()
 
         def flush(self) -> None:
             while self._buffer:
                 batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
                 self.experiment.log_batch(run_id=self.run_id, metrics=batch)
+            self._oldest = None
 
         def save(self) -> None:
             super().save()
-            self.flush()
+            if len(self._buffer) >= FLUSH_METRICS or (
+                self._oldest is not None and time.monotonic() - self._oldest >= FLUSH_SECONDS
+            ):
+                self.flush()
 
         def finalize(self, status: str = "success") -> None:
             self.flush()

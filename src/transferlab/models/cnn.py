@@ -50,12 +50,17 @@ class ConvNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Channels-last (NHWC) weights and activations: oneDNN's CPU convolutions run this trunk's
+        # forward + backward ~15 % faster than in NCHW (scripts/bench.py; same values, same
+        # state-dict keys; still bitwise reproducible run to run).
+        self.to(memory_format=torch.channels_last)
 
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x)
         return x

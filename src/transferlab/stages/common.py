@@ -1,4 +1,11 @@
-"""Pieces every stage shares: seeding, trainer construction, paths and the per-epoch history."""
+"""Pieces every stage shares: seeding, trainer construction, paths and the per-epoch history.
+
+``lightning`` and ``torch`` are imported where they are used, not here: stages that only need
+:func:`route_dirs` (data, shift-analysis) would otherwise pay ~7 s of ``import lightning``
+(torchmetrics pulls in transformers and scipy) before doing any work. The callback classes,
+:class:`History`, :class:`DeviceTuning` and :class:`ThrottledRichProgressBar`, are built on first
+access (module ``__getattr__``).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,11 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
 
 # Lightning's per-Trainer banners (accelerator, sales tips) repeat once per fit and bury the
 # progress bars; warnings and errors still come through.
@@ -24,10 +31,14 @@ warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch (and dataloader workers) from one number."""
+    import lightning as L
+
     L.seed_everything(int(seed), workers=True, verbose=False)
 
 
 def configure_torch(trainer_cfg: Mapping[str, Any]) -> None:
+    import torch
+
     threads = trainer_cfg.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -48,15 +59,18 @@ def make_trainer(
 ) -> L.Trainer:
     """A Trainer from ``trainer_cfg``; only ``distributed=True`` callers (pre-training) get the
     config's multi-process ``strategy``/``devices``/``num_nodes``: few-shot fits stay one process."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from transferlab.stages.callbacks import DeviceTuning, ThrottledRichProgressBar
+
     progress = (
         bool(trainer_cfg.get("enable_progress_bar", True))
         and os.environ.get("TRANSFERLAB_NO_PROGRESS") != "1"
     )
     cbs = list(callbacks)
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs.append(RichProgressBar(leave=False))
+        cbs.append(ThrottledRichProgressBar(leave=False))
     if trainer_cfg.get("compile") or trainer_cfg.get("pin_memory"):
         cbs.append(
             DeviceTuning(bool(trainer_cfg.get("compile")), bool(trainer_cfg.get("pin_memory")))
@@ -81,31 +95,6 @@ def make_trainer(
         num_sanity_val_steps=0,
         default_root_dir=trainer_cfg.get("root_dir", ".lightning"),
     )
-
-
-class History(Callback):
-    """Keeps the epoch-level metrics of a fit in memory, for learning curves and reports.
-
-    Its state travels in checkpoints, so a resumed fit reports the whole curve.
-    """
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epochs": [dict(r) for r in self.epochs]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs = [dict(r) for r in state_dict.get("epochs", [])]
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
-        for k, v in trainer.callback_metrics.items():
-            if not k.endswith("_step"):
-                row[k.removesuffix("_epoch")] = float(v)
-        self.epochs.append(row)
 
 
 def route_dirs(cfg: Mapping[str, Any], route: str) -> dict[str, Path]:
@@ -133,27 +122,3 @@ def _strategy(trainer_cfg: Mapping[str, Any]) -> Any:
         method = "spawn" if name == "ddp_spawn" else "popen"
         return DDPStrategy(process_group_backend=str(backend), start_method=method)
     return name
-
-
-class DeviceTuning(Callback):
-    """``trainer.compile`` / ``trainer.pin_memory`` (``trainer=gpu``).
-
-    Compiles each top-level submodule in place (``nn.Module.compile``), so state-dict keys and the
-    saved backbone stay what ``load_backbone`` expects; on CUDA, pins the fit's host batches so
-    that the host-to-device copy overlaps compute.
-    """
-
-    def __init__(self, compile: bool = False, pin_memory: bool = False) -> None:
-        self.compile, self.pin_memory = compile, pin_memory
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.compile:
-            for child in pl_module.children():
-                child.compile()
-        if self.pin_memory and trainer.strategy.root_device.type == "cuda":
-            # Set before Lightning builds its loaders: it copies this attribute when it re-creates
-            # a loader (DDP samplers) and the first epoch's iterator reads it.
-            for loop in (trainer.fit_loop, trainer.fit_loop.epoch_loop.val_loop):
-                loader = getattr(getattr(loop, "_data_source", None), "instance", None)
-                if isinstance(loader, torch.utils.data.DataLoader):
-                    loader.pin_memory = True

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.io import write_json
-from transferlab.stages.common import History, configure_torch, make_trainer, route_dirs, seed_all
+from transferlab.stages.common import configure_torch, make_trainer, route_dirs, seed_all
 from transferlab.tracking import StageRun, progress_bar
+
+if TYPE_CHECKING:  # evaluate imports this module and needs no lightning
+    from lightning.pytorch.callbacks import Callback
 
 STRATEGIES = {"full": "fixed", "linear_probe": "fixed", "lp_ft": "lp_ft", "gradual": "gradual"}
 
@@ -96,6 +98,7 @@ def finetune_one(
     from transferlab.finetune.module import FinetuneModule
     from transferlab.models.checkpoint import build_backbone, load_backbone
     from transferlab.models.cnn import Classifier
+    from transferlab.stages.callbacks import History
 
     cfg, variant = variant_config(cfg, variant)  # "mae/lp_ft" starts from the mae backbone
     fcfg = cfg.finetune

@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.io import write_json
 from transferlab.resume import EpochSeed, Resume
-from transferlab.stages.common import History, configure_torch, make_trainer, route_dirs, seed_all
+from transferlab.stages.callbacks import History
+from transferlab.stages.common import configure_torch, make_trainer, route_dirs, seed_all
 from transferlab.tracking import StageRun
 
 

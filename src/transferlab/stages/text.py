@@ -225,7 +225,8 @@ def dapt(
     and after (the evaluate stage reports ``test/ppl`` of both variants).
     """
     from transferlab.data.loaders import make_loader as plain_loader
-    from transferlab.stages.common import History, make_trainer
+    from transferlab.stages.callbacks import History
+    from transferlab.stages.common import make_trainer
 
     module = build_lm_module(objective_cfg(cfg, objective), backbone)
     before = module.lm_cross_entropy(data["lm_val"], seed=int(cfg.seed))
