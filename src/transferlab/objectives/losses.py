@@ -6,6 +6,7 @@ Every function's docstring states its formula, so a formula can be found from it
 ``masked_mse``            masked image modelling (MAE / SimMIM) reconstruction
 ``patch_mask``            random patch mask with an exact number of masked patches
 ``upsample_patch_mask``   patch mask (B, g²) → pixel mask (B, 1, g·p, g·p)
+``patch_normalize``       per-patch normalised pixels (MAE's norm_pix_loss target)
 ``mlm_mask_tokens``       BERT 80/10/10 input corruption and labels
 ``mlm_loss``              masked language modelling cross-entropy
 ``clm_loss``              causal (next-token) language modelling cross-entropy
@@ -48,6 +49,7 @@ __all__ = [
     "mlm_mask_tokens",
     "nt_xent",
     "patch_mask",
+    "patch_normalize",
     "perplexity",
     "supervised_ce",
     "upsample_patch_mask",
@@ -160,6 +162,30 @@ def upsample_patch_mask(mask: Tensor, patch_size: int) -> Tensor:
         raise ValueError(f"mask has {n_patches} patches per row; must be a square number")
     m = mask.reshape(batch, 1, grid, grid).float()
     return m.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+
+
+def patch_normalize(x: Tensor, patch_size: int, eps: float = 1e-6) -> Tensor:
+    """Normalise every p×p patch of every channel by its own mean and standard deviation.
+
+    For patch P (p² pixels of one channel): ŷ_i = (y_i − μ_P) / √(σ²_P + ε), i ∈ P, with
+    μ_P = (1/p²) Σ_{j∈P} y_j and the unbiased σ²_P = Σ_{j∈P} (y_j − μ_P)² / (p² − 1) (MAE's
+    ``norm_pix_loss`` target). A constant patch (blank background) becomes 0.
+
+    Args:
+        x: images (B, C, H, W) with H and W divisible by p.
+        patch_size: p ≥ 2.
+        eps: ε > 0.
+    """
+    if patch_size < 2:
+        raise ValueError(f"patch_size must be >= 2 for a patch variance, got {patch_size}")
+    b, c, h, w = x.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"patch_size {patch_size} must divide the image size {h}×{w}")
+    p = patch_size
+    patches = x.reshape(b, c, h // p, p, w // p, p)
+    mean = patches.mean(dim=(3, 5), keepdim=True)
+    var = patches.var(dim=(3, 5), keepdim=True, unbiased=True)
+    return ((patches - mean) / (var + eps).sqrt()).reshape(b, c, h, w)
 
 
 # --------------------------------------------------------------------------------------------
