@@ -9,8 +9,10 @@ pipeline costs minutes, hence slow.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,13 +23,28 @@ OUTPUT_DIRS = ("data", "models", "reports")
 TIMING_METRICS = ("seconds", "time", "duration")
 
 
-def _outputs(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for d in OUTPUT_DIRS
-        for p in sorted((root / d).rglob("*"))
-        if p.is_file()
-    }
+def _is_timing(key: str) -> bool:
+    return any(t in key.lower() for t in TIMING_METRICS)
+
+
+def _without_timings(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_timings(v) for k, v in node.items() if not _is_timing(k)}
+    if isinstance(node, list):
+        return [_without_timings(v) for v in node]
+    return node
+
+
+def _outputs(root: Path) -> dict[str, Any]:
+    """Every output file's bytes; JSON files (metrics) parsed, with wall-clock fields dropped."""
+    out: dict[str, Any] = {}
+    for d in OUTPUT_DIRS:
+        for p in sorted((root / d).rglob("*")):
+            if p.is_file():
+                name = str(p.relative_to(root))
+                raw = p.read_bytes()
+                out[name] = _without_timings(json.loads(raw)) if p.suffix == ".json" else raw
+    return out
 
 
 def _metrics(root: Path) -> dict[tuple[str, str, int], float]:
@@ -37,11 +54,7 @@ def _metrics(root: Path) -> dict[tuple[str, str, int], float]:
             "SELECT r.name, m.key, m.step, m.value FROM metrics m JOIN runs r "
             "ON m.run_uuid = r.run_uuid"
         ).fetchall()
-    return {
-        (name, key, step): value
-        for name, key, step, value in rows
-        if not any(t in key.lower() for t in TIMING_METRICS)
-    }
+    return {(name, key, step): value for name, key, step, value in rows if not _is_timing(key)}
 
 
 @pytest.mark.slow
