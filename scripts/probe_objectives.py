@@ -11,11 +11,16 @@ randomly initialised backbones of the same architecture (``--random-seeds`` of t
 3. fits a multinomial logistic regression on standardised train features, picks the inverse
    regularisation C on the val split, and reports the test accuracy.
 
+``--init-seed S`` adds the row ``init``: the random backbone every pre-training run with seed S
+starts from (the stage's ``seed_all(S)`` then ``build_backbone``, i.e. ``torch.manual_seed(S)``),
+so a backbone's gain over its own starting point can be told apart from a lucky initialisation.
+
 Usage (after ``dvc repro``)::
 
     python scripts/probe_objectives.py                    # fmnist, every objective found
     python scripts/probe_objectives.py --target digits --objectives mae contrastive
     python scripts/probe_objectives.py --json reports/image/probe.json
+    python scripts/probe_objectives.py --init-seed 1234    # + the pre-training runs' own init
 """
 
 from __future__ import annotations
@@ -88,8 +93,10 @@ def probe_table(
     target: str = "fmnist",
     objectives: Sequence[str] | None = None,
     random_seeds: Sequence[int] = (0, 1, 2),
+    init_seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per objective found (or named), plus ``random`` (mean over ``random_seeds``)."""
+    """One row per objective found (or named), ``init`` (the seed-``init_seed`` random backbone
+    the runs start from, if given) and ``random`` (mean over ``random_seeds``)."""
     from transferlab.data.loaders import load_dataset
     from transferlab.models.checkpoint import build_backbone, load_backbone, read_checkpoint
 
@@ -111,6 +118,11 @@ def probe_table(
         rows.append(
             {"backbone": name, "epochs": meta.get("epochs"), **probe(backbone, data, calib)}
         )
+    init: dict[str, Any] | None = None
+    if init_seed is not None:
+        torch.manual_seed(int(init_seed))
+        init = {"backbone": "init", "epochs": 0, **probe(build_backbone(arch), data, calib)}
+        init["seed"] = int(init_seed)
     random_rows = []
     for seed in random_seeds:
         torch.manual_seed(seed)
@@ -128,21 +140,35 @@ def probe_table(
     }
     for row in rows:
         row["gain_vs_random"] = row["test_acc"] - random["test_acc"]
+        if init is not None:
+            row["gain_vs_init"] = row["test_acc"] - init["test_acc"]
+    if init is not None:
+        init["gain_vs_random"] = init["test_acc"] - random["test_acc"]
+        rows.append(init)
     return [*rows, random]
 
 
 def markdown(rows: Sequence[dict[str, Any]], target: str) -> str:
-    lines = [
-        f"| backbone | probe test acc ({target}) | vs random | val acc | C |",
-        "|---|---|---|---|---|",
-    ]
+    with_init = any("gain_vs_init" in r for r in rows)
+    head = f"| backbone | probe test acc ({target}) | vs random |" + (
+        " vs init |" if with_init else ""
+    )
+    lines = [head + " val acc | C |", "|---" * (5 + with_init) + "|"]
     for r in rows:
         acc = f"{r['test_acc']:.3f}"
         if "test_acc_std" in r:
             acc += f" ± {r['test_acc_std']:.3f} ({len(r['seeds'])} seeds)"
-        gain = f"{r['gain_vs_random']:+.3f}" if "gain_vs_random" in r else "—"
-        c = "—" if r["C"] is None else f"{r['C']:g}"
-        lines.append(f"| {r['backbone']} | {acc} | {gain} | {r['val_acc']:.3f} | {c} |")
+        elif r["backbone"] == "init":
+            acc += f" (seed {r['seed']})"
+        cells = [
+            r["backbone"],
+            acc,
+            f"{r['gain_vs_random']:+.3f}" if "gain_vs_random" in r else "—",
+        ]
+        if with_init:
+            cells.append(f"{r['gain_vs_init']:+.3f}" if "gain_vs_init" in r else "—")
+        cells += [f"{r['val_acc']:.3f}", "—" if r["C"] is None else f"{r['C']:g}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -153,10 +179,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", default="fmnist")
     p.add_argument("--objectives", nargs="*", default=None, help="default: every backbone found")
     p.add_argument("--random-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument(
+        "--init-seed", type=int, default=None, help="also probe the runs' own init (their seed)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
     rows = probe_table(
-        args.data_dir, args.models_dir, args.target, args.objectives, args.random_seeds
+        args.data_dir,
+        args.models_dir,
+        args.target,
+        args.objectives,
+        args.random_seeds,
+        args.init_seed,
     )
     print(markdown(rows, args.target))
     if args.json:

@@ -5,12 +5,8 @@ linear projection to a ``2w × s × s`` map (s = image_size / 4) → two stride-
 convolutions (s → 2s → 4s) with BatchNorm + ReLU between → sigmoid, so samples live in [0, 1] like
 the real images the backbone sees.
 
-Discriminator: the backbone trunk (the very module every other objective trains) + a head on its
-pooled features f(x): one linear logit, ``D(x) = σ(wᵀ f(x) + b)``, or with ``head_hidden = h > 0``
-a one-hidden-layer MLP, ``D(x) = σ(w₂ᵀ LeakyReLU₀.₂(W₁ f(x) + b₁) + b₂)`` (the projection head of
-contrastive learning, for the same reason: the layer below a narrow decision keeps more of the
-input's information, and the per-sample gradient W₁ᵀ diag(·) w₂ reaching f is no longer one fixed
-direction w). The trunk is what transfers. Fake batches run
+Discriminator: the backbone trunk (the very module every other objective trains) + one linear logit
+on its pooled features, ``D(x) = σ(wᵀ f(x) + b)``. The trunk is what transfers. Fake batches run
 through it with BatchNorm *running* statistics frozen (``update_stats=False``): batch statistics
 still normalise them, but the stored statistics, which fine-tuning and feature extraction use,
 describe real images only.
@@ -24,23 +20,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-OUTPUTS = ("sigmoid", "clamp")
-
 
 class Generator(nn.Module):
     """``z (B, latent_dim) → images (B, out_channels, image_size, image_size)`` in [0, 1]."""
 
     def __init__(
-        self,
-        latent_dim: int = 64,
-        width: int = 64,
-        out_channels: int = 1,
-        image_size: int = 28,
-        output: str = "sigmoid",
+        self, latent_dim: int = 64, width: int = 64, out_channels: int = 1, image_size: int = 28
     ) -> None:
         super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"objectives.gan.gen_output={output!r}; allowed: {', '.join(OUTPUTS)}")
         if image_size % 4:
             raise ValueError(f"the generator needs image_size divisible by 4, got {image_size}")
         self.latent_dim = int(latent_dim)
@@ -56,7 +43,7 @@ class Generator(nn.Module):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.ConvTranspose2d(width, out_channels, kernel_size=4, stride=2, padding=1),
-            nn.Sigmoid() if output == "sigmoid" else nn.Hardtanh(0.0, 1.0),
+            nn.Sigmoid(),
         )
         # DCGAN's initialisation: N(0, 0.02) weights, BatchNorm scales N(1, 0.02).
         for m in self.modules():
@@ -87,25 +74,12 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class Discriminator(nn.Module):
-    """``D(x) = σ(logit(x))``, ``logit(x) = head(trunk(x))``; returns the logits (B,).
+    """``D(x) = σ(logit(x))``, ``logit(x) = wᵀ trunk(x) + b``; returns the logits (B,)."""
 
-    ``head`` is ``Linear(feature_dim, 1)`` (``hidden=0``) or
-    ``Linear(feature_dim, hidden) → LeakyReLU(0.2) → Linear(hidden, 1)``.
-    """
-
-    def __init__(self, trunk: nn.Module, hidden: int = 0) -> None:
+    def __init__(self, trunk: nn.Module) -> None:
         super().__init__()
-        if hidden < 0:
-            raise ValueError(f"objectives.gan.head_hidden must be >= 0, got {hidden}")
         self.trunk = trunk
-        if hidden:
-            self.logit: nn.Module = nn.Sequential(
-                nn.Linear(trunk.feature_dim, hidden),
-                nn.LeakyReLU(0.2, inplace=True),
-                nn.Linear(hidden, 1),
-            )
-        else:
-            self.logit = nn.Linear(trunk.feature_dim, 1)
+        self.logit = nn.Linear(trunk.feature_dim, 1)
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         if update_stats:

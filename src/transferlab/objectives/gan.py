@@ -9,19 +9,11 @@ the losses are exactly the chapter's, computed from logits so they stay finite
     L_disc = −[log D(x) + log(1 − D(G(z)))] = softplus(−ℓ_real) + softplus(ℓ_fake)
     L_gen  = −log D(G(z))                  = softplus(−ℓ_fake)       (non-saturating form)
 
-Two optimisers (Adam, β₁ = 0.5 as in DCGAN) alternate with Lightning's manual optimisation: a
-discriminator step on every batch and a generator step after every ``d_steps``-th (WGAN's
-n_critic; 1 = DCGAN's alternation). Skipping generator steps makes each batch cheaper (the fakes of
-a discriminator-only batch are drawn without a graph), so a fixed time buys more discriminator
-steps, and those are what train the backbone.
-
-``augment`` (DiffAugment, Zhao et al. 2020): the *same* family of random differentiable transforms
-T (:class:`~transferlab.objectives.augment.BatchAugment`: crop, shift, flip, brightness/contrast) is
-applied to real and fake images in training, both players' steps, so the losses are the formulas
-above with D(T(x)) and D(T(G(z))). D cannot win by memorising the few real images it has seen and
-must judge what T leaves unchanged (shape, not position); G receives gradients through T, and since
-T is applied to both sides its samples are still pushed towards the un-augmented data. Validation
-(``val/*``) uses no augmentation. The logged ``loss`` is L_disc, the loss of the part that transfers; ``g_loss``
+Two optimisers (Adam, β₁ = 0.5 as in DCGAN) alternate one step each per batch, with Lightning's
+manual optimisation, on two time-scales: ``lr`` for D, ``lr_g`` for G. The defaults make G's the
+faster (5×): in a run of a few dozen steps the generator is the bottleneck, and a discriminator
+that outpaces it learns that generator's artefacts, its pooled features (what transfers)
+collapsing onto one "realness" direction instead of describing the images. The logged ``loss`` is L_disc, the loss of the part that transfers; ``g_loss``
 is logged next to it, and ``d_real``/``d_fake`` are the mean D(x) and D(G(z)). At the end of every
 epoch a grid of samples from fixed noise goes to MLflow (``samples/epoch_XX.png``) so the run can
 be inspected by eye.
@@ -29,9 +21,8 @@ be inspected by eye.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -40,7 +31,6 @@ from torch import nn
 
 from transferlab.data.loaders import to_float
 from transferlab.models.gan import Discriminator, Generator
-from transferlab.objectives.augment import BatchAugment
 from transferlab.objectives.base import PretrainModule
 from transferlab.objectives.losses import gan_discriminator_loss, gan_generator_loss
 
@@ -71,19 +61,6 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def _make_augment(augment: Mapping[str, Any] | None) -> BatchAugment | None:
-    """``BatchAugment(**augment)``, or None for no augmentation (None or ``{}``)."""
-    if not augment:
-        return None
-    allowed = [f.name for f in fields(BatchAugment)]
-    unknown = sorted(set(augment) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"objectives.gan.augment.{unknown[0]} is unknown; allowed: {', '.join(allowed)}"
-        )
-    return BatchAugment(**augment)
-
-
 class GAN(PretrainModule):
     #: ``MultiObjective`` gives parts with a generator an optimiser and a step of their own.
     adversarial = True
@@ -94,7 +71,6 @@ class GAN(PretrainModule):
         backbone: nn.Module,
         latent_dim: int = 64,
         gen_width: int = 32,
-        gen_output: str = "sigmoid",
         lr: float = 2e-4,
         lr_g: float | None = None,
         betas: Sequence[float] = (0.5, 0.999),
@@ -103,35 +79,24 @@ class GAN(PretrainModule):
         in_channels: int = 1,
         n_samples: int = 64,
         max_batches: int | None = None,
-        d_steps: int = 1,
-        head_hidden: int = 0,
-        augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(backbone, lr=lr, weight_decay=weight_decay)
         self.max_batches = max_batches
-        if int(d_steps) < 1:
-            raise ValueError(f"objectives.gan.d_steps must be >= 1, got {d_steps!r}")
-        self.d_steps = int(d_steps)
-        self.augment = _make_augment(augment)
         self.automatic_optimization = False
-        self.generator = Generator(latent_dim, gen_width, in_channels, image_size, gen_output)
-        self.discriminator = Discriminator(backbone, int(head_hidden))
+        self.generator = Generator(latent_dim, gen_width, in_channels, image_size)
+        self.discriminator = Discriminator(backbone)
         self.lr_g = float(lr_g if lr_g is not None else lr)
         self.betas = (float(betas[0]), float(betas[1]))
         self.n_samples = int(n_samples)
         self._gen = torch.Generator()
         self._val_gen = torch.Generator()
-        self._gen_aug = torch.Generator()
         self._fake: torch.Tensor | None = None  # the training step's fakes, reused by the G step
-        self._d_batches = 0  # training batches seen (discriminator steps), for ``d_steps``
 
     # ---------------------------------------------------------------- pieces MultiObjective reuses
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._d_batches = 0
         self._gen.manual_seed(self.rng_seed(0))
-        self._gen_aug.manual_seed(self.rng_seed(3))
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
@@ -142,36 +107,19 @@ class GAN(PretrainModule):
         z = torch.randn(n, self.generator.latent_dim, generator=gen)
         return self.generator(z.to(next(self.generator.parameters()).device))
 
-    def generator_due(self) -> bool:
-        """Whether the current training batch ends with a generator step (every ``d_steps``-th)."""
-        return self._d_batches % self.d_steps == self.d_steps - 1
-
-    def view(self, images: torch.Tensor) -> torch.Tensor:
-        """What D sees in training: T(images) with ``augment``, else the images themselves."""
-        if self.augment is None or not self.training:
-            return images
-        return self.augment(images, self._gen_aug)
-
     def step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Discriminator losses on a real batch and as many (detached) fakes; in eval also L_gen.
-
-        In training the fakes keep their graph only when a generator step follows
-        (:meth:`generator_due`), which then reuses them.
-        """
+        """Discriminator losses on a real batch and as many (detached) fakes; in eval also L_gen."""
         x = to_float(batch[0])
-        keep = self.training and self.generator_due()
-        with torch.set_grad_enabled(keep):
-            fake = self.sample(len(x), None if self.training else self._val_gen)
-        real_logits = self.discriminator(self.view(x))
-        fake_logits = self.discriminator(self.view(fake.detach()), update_stats=False)
+        fake = self.sample(len(x), None if self.training else self._val_gen)
+        real_logits = self.discriminator(x)
+        fake_logits = self.discriminator(fake.detach(), update_stats=False)
         out = {
             "loss": gan_discriminator_loss(real_logits, fake_logits),
             "d_real": torch.sigmoid(real_logits).mean().detach(),
             "d_fake": torch.sigmoid(fake_logits).mean().detach(),
         }
         if self.training:
-            self._fake = fake if keep else None
-            self._d_batches += 1
+            self._fake = fake
         else:
             out["g_loss"] = gan_generator_loss(fake_logits)
         return out
@@ -186,7 +134,7 @@ class GAN(PretrainModule):
         against the just-updated discriminator; returns L_gen (detached)."""
         fake, self._fake = self._fake if self._fake is not None else self.sample(n), None
         with _no_param_grads(self.discriminator):
-            g_loss = gan_generator_loss(self.discriminator(self.view(fake), update_stats=False))
+            g_loss = gan_generator_loss(self.discriminator(fake, update_stats=False))
             optimizer.zero_grad()
             backward(g_loss)
             optimizer.step()
@@ -212,13 +160,11 @@ class GAN(PretrainModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt_d, opt_g = self.optimizers()
-        g_due = self.generator_due()
         losses = self.step(batch)
         opt_d.zero_grad()
         self.manual_backward(losses["loss"])
         opt_d.step()
-        if g_due:
-            losses["g_loss"] = self.generator_update(opt_g, len(batch[0]), self.manual_backward)
+        losses["g_loss"] = self.generator_update(opt_g, len(batch[0]), self.manual_backward)
         self._log_losses(losses, "train", on_step=True, bs=len(batch[0]))
         return losses["loss"].detach()
 

@@ -12,11 +12,6 @@ a decoder with a little depth takes over the low-level part of the reconstructio
 the backbone's features more abstract (the MAE paper's decoder-depth ablation: linear probing gains
 most from it).
 
-Input: ``x·(1 − m) + m·t`` for the pixel mask m; t = 0 by default (SimMIM zeroes masked patches),
-or with ``mask_token`` a learnt value per channel (SimMIM's mask token, here at the pixel level
-since a CNN has no token sequence): zero is Fashion-MNIST's black background, so with t = 0 a
-hidden patch looks like an empty one.
-
 Target: the raw pixels y, or with ``norm_pix_loss`` each patch normalised by its own mean and
 standard deviation (:func:`transferlab.objectives.losses.patch_normalize`, MAE's ``norm_pix_loss``):
 ``ŷ`` then predicts local contrast (edges, texture) rather than brightness.
@@ -60,6 +55,10 @@ def pixel_decoder(
 
 
 class MaskedReconstruction(PretrainModule):
+    #: BatchNorm statistics of the final weights on real (unmasked) images: the running averages
+    #: gathered in training describe half-masked inputs, which fine-tuning never sees.
+    norm_recalibration_batches = 10
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -70,7 +69,6 @@ class MaskedReconstruction(PretrainModule):
         decoder_depth: int = 0,
         decoder_width: int = 64,
         norm_pix_loss: bool = False,
-        mask_token: bool = False,
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 0,
@@ -83,8 +81,16 @@ class MaskedReconstruction(PretrainModule):
         self.mask_ratio = mask_ratio
         self.patch_size = patch_size
         self.grid = image_size // patch_size
+        if round(mask_ratio * self.grid**2) == 0:
+            raise ValueError(
+                f"objectives.mae.mask_ratio={mask_ratio} hides none of the {self.grid}×{self.grid} "
+                f"patches of size {patch_size}: it must be > {0.5 / self.grid**2:g}"
+            )
+        if norm_pix_loss and patch_size < 2:
+            raise ValueError(
+                "objectives.mae.norm_pix_loss needs patch_size >= 2 (a patch variance)"
+            )
         self.norm_pix_loss = bool(norm_pix_loss)
-        self.mask_token = nn.Parameter(torch.zeros(1, in_channels, 1, 1)) if mask_token else None
         self.decoder = pixel_decoder(
             backbone.feature_dim, in_channels, backbone.out_stride, decoder_depth, decoder_width
         )
@@ -117,8 +123,5 @@ class MaskedReconstruction(PretrainModule):
             ),
             self.patch_size,
         ).to(x.device)
-        visible = x * (1.0 - mask)
-        if self.mask_token is not None:
-            visible = visible + mask * self.mask_token
-        recon = self.decoder(self.backbone.forward_map(visible))
+        recon = self.decoder(self.backbone.forward_map(x * (1.0 - mask)))
         return {"loss": masked_mse(recon, self.target(x), mask)}
