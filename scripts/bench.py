@@ -418,6 +418,8 @@ class BareTrainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if hasattr(module, "remember_inputs"):  # the pretrain modules' batch-end hook
+                    module.remember_inputs(batch)
                 if sched is not None and interval == "step":
                     sched.step()
             if n_val:

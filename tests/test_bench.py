@@ -113,17 +113,25 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     return cfg, work
 
 
-def test_bare_loop_matches_the_stage_fit_bit_for_bit(tiny: tuple[object, Path]) -> None:
+# supervised re-estimates its BatchNorm statistics after the fit (mae does not): both paths
+@pytest.mark.parametrize("objective", ["mae", "supervised"])
+def test_bare_loop_matches_the_stage_fit_bit_for_bit(
+    tiny: tuple[object, Path], objective: str
+) -> None:
     """Both arms run the stage's own code on the same data: same steps, identical weights."""
+    from omegaconf import OmegaConf
+
     cfg, work = tiny
-    light = bench.pretrain_arm("lightning", cfg, work / "light", "image", "mae")
-    bare = bench.pretrain_arm("bare", cfg, work / "bare", "image", "mae")
+    budget = {"batch_size": 32, "max_epochs": 2}  # supervised's own budget overrides pretrain's
+    cfg = OmegaConf.merge(cfg, {"objectives": {objective: budget}})
+    light = bench.pretrain_arm("lightning", cfg, work / "light", "image", objective)
+    bare = bench.pretrain_arm("bare", cfg, work / "bare", "image", objective)
     assert light.arm == "lightning" and bare.arm == "bare"
     assert light.steps == bare.steps == 2 * (96 // 32)
     assert [len(e) for e in light.epochs] == [3, 3] and len(bare.epoch_s) == 2
     assert light.batch_size == 32 and bare.batch_size == 32
     assert bench.same_weights(light, bare)
-    assert (work / "light" / "image" / "pretrain" / "mae" / "backbone.pt").exists()
+    assert (work / "light" / "image" / "pretrain" / objective / "backbone.pt").exists()
     out = bench.compare_arms([(light, bare)], "tiny")
     public = bench._public(out)
     assert public["same_weights"] and public["same_steps"]

@@ -63,7 +63,11 @@ class PretrainModule(L.LightningModule):
             self.max_batches
         ):
             self.trainer.should_stop = True
-        if self.norm_recalibration_batches > 0:  # keep the last few real input batches
+        self.remember_inputs(batch)
+
+    def remember_inputs(self, batch: Any) -> None:
+        """Keep the last ``norm_recalibration_batches`` real input batches (for ``recalibrate``)."""
+        if self.norm_recalibration_batches > 0:
             recent = [*getattr(self, "_recent_inputs", []), first(batch)]
             self._recent_inputs = recent[-self.norm_recalibration_batches :]
 

@@ -13,10 +13,12 @@ Two optimisers (Adam, β₁ = 0.5 as in DCGAN) alternate one step each per batch
 manual optimisation, on two time-scales: ``lr`` for D, ``lr_g`` for G. The defaults make G's the
 faster (5×): in a run of a few dozen steps the generator is the bottleneck, and a discriminator
 that outpaces it learns that generator's artefacts, its pooled features (what transfers)
-collapsing onto one "realness" direction instead of describing the images. The logged ``loss`` is L_disc, the loss of the part that transfers; ``g_loss``
-is logged next to it, and ``d_real``/``d_fake`` are the mean D(x) and D(G(z)). At the end of every
-epoch a grid of samples from fixed noise goes to MLflow (``samples/epoch_XX.png``) so the run can
-be inspected by eye.
+collapsing onto one "realness" direction instead of describing the images.
+
+The logged ``loss`` is L_disc, the loss of the part that transfers; ``g_loss`` is logged next to
+it, and ``d_real``/``d_fake`` are the mean D(x) and D(G(z)). At the end of every epoch a grid of
+samples from fixed noise goes to MLflow (``samples/epoch_XX.png``) so the run can be inspected by
+eye.
 """
 
 from __future__ import annotations

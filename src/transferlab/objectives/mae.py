@@ -55,9 +55,10 @@ def pixel_decoder(
 
 
 class MaskedReconstruction(PretrainModule):
-    #: BatchNorm statistics of the final weights on real (unmasked) images: the running averages
-    #: gathered in training describe half-masked inputs, which fine-tuning never sees.
-    norm_recalibration_batches = 10
+    #: 0: the saved BatchNorm statistics are the running averages over the (masked) training
+    #: inputs. Measured with 10: the fmnist linear probe on the saved statistics fell from 0.723
+    #: to 0.705 (0.707 either way once the probe re-estimates them), so it stays off.
+    norm_recalibration_batches = 0
 
     def __init__(
         self,
