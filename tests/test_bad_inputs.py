@@ -129,6 +129,7 @@ CASES = [
         "alignment.kind='coral' is not allowed",
     ),
     (["finetune", "route=image", "finetune.wise_alphas=[0,2]"], "every alpha must be in [0, 1]"),
+    (["finetune", "route=image", "trainer.fit_workers=0"], "trainer.fit_workers=0 must be >= 1"),
 ]
 
 
@@ -203,3 +204,25 @@ def test_nan_loss_fails_the_run_and_marks_it_failed_in_mlflow(project: Path) -> 
         "SELECT r.status, t.value FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid WHERE t.key = 'error'"
     ).fetchall()
     assert any(status == "FAILED" and "train/loss became" in value for status, value in rows), rows
+
+
+def test_nan_in_a_pool_worker_fails_the_stage_and_its_fit_run(project: Path) -> None:
+    """A fit that diverges in a worker process: the parent exits with the worker's one line,
+    writes nothing, and the failed fit's child run is FAILED with the reason."""
+    line = _fails(
+        project,
+        "finetune",
+        "route=image",
+        "finetune.lr=1e30",
+        "trainer.fit_workers=2",
+        contains="became nan",
+    )
+    assert "lower finetune.lr" in line
+    con = sqlite3.connect(project / "mlflow.db")
+    rows = con.execute(
+        "SELECT r.name, r.status, t.value FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+        "WHERE t.key = 'error' AND r.name LIKE 'finetune%'"
+    ).fetchall()
+    names = {name for name, status, value in rows if status == "FAILED" and "became nan" in value}
+    assert "finetune:image" in names, rows  # the stage run
+    assert any(n.startswith("finetune:image:") for n in names), rows  # the fit's child run

@@ -234,6 +234,11 @@ def validate(cfg: DictConfig, stage: str | None = None) -> None:
             _validate_finetune(
                 OmegaConf.merge(cfg, {"finetune": variant}), f"finetune.variants.{name}"
             )
+    if (
+        stage in (None, "finetune", "curves")
+        and cfg.get("trainer", {}).get("fit_workers") is not None
+    ):
+        _number(cfg, "trainer.fit_workers", lo=1, integer=True)
     if stage in (None, "curves") and "curves" in cfg:
         _validate_curves(cfg, route)
     if stage is not None and stage not in STAGES:

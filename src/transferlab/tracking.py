@@ -287,6 +287,50 @@ class StageRun:
 
             mlflow.log_text(text, name)
 
+    def log_fit(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None,
+        log: Any,
+        error: BaseException | None = None,
+    ) -> None:
+        """Replay a fit recorded by a pool worker (:class:`transferlab.stages.pool.FitLog`) into
+        a new child run of this stage run: its metrics with their own steps and timestamps, its
+        start and end times, FINISHED (or FAILED with ``error`` as tag ``error``)."""
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.entities import Metric, Param
+
+        client = mlflow.MlflowClient()
+        child = client.create_run(
+            self.experiment_id,
+            start_time=log.start_ms,
+            run_name=run_name,
+            tags={
+                "mlflow.parentRunId": self.run_id,
+                "transferlab.stage": self.stage,
+                **(tags or {}),
+                **({"error": _one_line(error)} if error is not None else {}),
+            },
+        )
+        run_id = child.info.run_id
+        metrics = [
+            Metric(key=k, value=v, timestamp=ts, step=step)
+            for ts, step, values in log.metrics
+            for k, v in values.items()
+        ]
+        params = [Param(str(k), str(v)) for k, v in log.params.items()]
+        for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
+            client.log_batch(run_id, params=params[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        client.set_terminated(
+            run_id,
+            status="FAILED" if error is not None else "FINISHED",
+            end_time=log.end_ms or None,
+        )
+
     def lightning_logger(self, run_name: str, tags: Mapping[str, str] | None = None) -> Any:
         """A Lightning logger writing into a new child run of this stage run (or ``False``)."""
         if not self.enabled:

@@ -102,18 +102,20 @@ CLASSIFIER_FORMAT = "transferlab-classifier/1"
 
 def save_classifier(
     path: str | Path,
-    model: nn.Module,
+    model: nn.Module | Mapping[str, torch.Tensor],
     arch: Mapping[str, Any],
     num_classes: int,
     meta: Mapping[str, Any],
 ) -> None:
+    """Save a fine-tuned classifier (the module, or its state dict as a pool worker returns it)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
     save_torch(
         path,
         {
             "format": CLASSIFIER_FORMAT,
             "arch": dict(arch),
             "num_classes": int(num_classes),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in state.items()},
             "meta": dict(meta),
         },
     )

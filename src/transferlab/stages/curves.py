@@ -69,11 +69,30 @@ def accuracy_on_test(model: torch.nn.Module, data: Mapping[str, Any], route: str
     return round(float((logits.argmax(-1) == data["test"]["y"]).float().mean()), 6)
 
 
+def _curve_job(job: tuple[DictConfig, str, str, str, int | None]) -> dict[str, Any]:
+    """One curve point: fine-tune on the whole training set (``n`` None) or on ``n`` per class,
+    return the test accuracy."""
+    from transferlab.stages.finetune import _picklable, finetune_one
+    from transferlab.stages.pool import shared
+
+    cfg, route, target, variant, n = job
+    data = shared("data")[target]
+    try:
+        train = data
+        if n is not None:
+            idx = nested_subset(data["train"]["y"], n, cfg.seed)
+            train = {**data, "train": subset_split(data["train"], idx)}
+        model, _ = finetune_one(cfg, route, target, variant, train)
+        return {"acc": accuracy_on_test(model, data, route)}
+    except Exception as exc:
+        return {"error": _picklable(exc)}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     from transferlab.config import primary_objective
     from transferlab.data.loaders import load_dataset
     from transferlab.plots import curve_panels
-    from transferlab.stages.finetune import finetune_one
+    from transferlab.stages.pool import fit_pool, fit_workers
 
     route = str(cfg.route)
     dirs = route_dirs(cfg, route)
@@ -91,16 +110,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     shots = [int(n) for n in ccfg.shots]
     epochs = int(ccfg.max_epochs)
     base_depth = int(cfg.finetune.get("freeze_depth", 0))
-    configure_torch(cfg.trainer)
     out: dict[str, Any] = {
         "route": route,
         "objective": primary,
         "max_epochs": epochs,
         "targets": {},
     }
+    # Every point is a fit (target, variant, depth, n per class; n None = the whole training
+    # set). The whole-set fit at the configured depth sits on both curves: it runs once.
+    points: dict[tuple[str, str, int, int | None], None] = {}
+    for target, data in datasets.items():
+        for k in depths:
+            points[(target, primary, k, None)] = None
+        for n in shots:
+            idx = nested_subset(data["train"]["y"], n, cfg.seed)
+            whole = len(idx) == len(data["train"]["y"])
+            for variant in (primary, "scratch"):
+                points[(target, variant, base_depth, None if whole else n)] = None
+    # The fits' configs (a merge costs ~0.1 s on the whole config: build each once).
+    at_depth = {
+        k: OmegaConf.merge(cfg, {"finetune": {"freeze_depth": k, "max_epochs": epochs}})
+        for k in {*depths, base_depth}
+    }
+    jobs = [(at_depth[k], route, t, v, n) for t, v, k, n in points]
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
-    total = len(datasets) * (len(depths) + 2 * len(shots))
     with (
+        fit_pool(fit_workers(cfg.trainer, len(jobs)), {"data": datasets}) as pmap,
         StageRun(
             cfg,
             "curves",
@@ -109,37 +144,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ) as tr,
         progress_bar(progress, hosts_fits=True) as bar,
     ):
-        task = bar.add_task(f"curves[{route}]", total=total)
+        configure_torch(cfg.trainer)  # after the fork: workers run one thread each
+        task = bar.add_task(f"curves[{route}]", total=len(jobs))
         for name in skipped:
             print(f"curves[{route}]: skipping {name}: unlabelled (task lm)", file=sys.stderr)
-        # The fits' configs (a merge costs ~0.1 s on the whole config: build each once).
-        at_depth = {
-            k: OmegaConf.merge(cfg, {"finetune": {"freeze_depth": k, "max_epochs": epochs}})
-            for k in depths
-        }
-        c = OmegaConf.merge(cfg, {"finetune": {"max_epochs": epochs}})
+        acc: dict[tuple[str, str, int, int | None], float] = {}
+        for point, res in zip(points, pmap(_curve_job, jobs), strict=True):
+            if "error" in res:
+                raise res["error"]
+            acc[point] = res["acc"]
+            bar.update(task, description=f"curves[{route}] {point[0]}/{point[1]}")
+            bar.advance(task)
         for target, data in datasets.items():
-            # Whole-training-set fits by (variant, freezing depth): shared by the two curves.
-            full: dict[tuple[str, int], float] = {}
-            freeze: dict[int, float] = {}
-            for k in depths:
-                model, _ = finetune_one(at_depth[k], route, target, primary, data)
-                freeze[k] = full[(primary, k)] = accuracy_on_test(model, data, route)
-                bar.advance(task)
+            freeze = {k: acc[(target, primary, k, None)] for k in depths}
             eff: dict[str, dict[int, float]] = {primary: {}, "scratch": {}}
             for n in shots:
-                idx = nested_subset(data["train"]["y"], n, cfg.seed)
-                whole = len(idx) == len(data["train"]["y"])
-                sub = {**data, "train": subset_split(data["train"], idx)}
+                whole = len(nested_subset(data["train"]["y"], n, cfg.seed)) == len(
+                    data["train"]["y"]
+                )
                 for variant in (primary, "scratch"):
-                    if whole and (variant, base_depth) in full:
-                        eff[variant][n] = full[(variant, base_depth)]
-                    else:
-                        model, _ = finetune_one(c, route, target, variant, sub)
-                        eff[variant][n] = accuracy_on_test(model, data, route)
-                        if whole:
-                            full[(variant, base_depth)] = eff[variant][n]
-                    bar.advance(task)
+                    eff[variant][n] = acc[(target, variant, base_depth, None if whole else n)]
             out["targets"][target] = {"freeze_depth": freeze, "shots": eff}
             tr.log_metrics(
                 {

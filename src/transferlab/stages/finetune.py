@@ -186,51 +186,95 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _fit_job(job: tuple[DictConfig, str, str, str, str | None, bool]) -> dict[str, Any]:
+    """One (target, variant) fit, in a pool worker or in process: weights, history, its log."""
+    from transferlab.stages.pool import FitLog, pack_state, recording_logger, shared
+
+    cfg, route, target, variant, adapted, tracked = job
+    log = FitLog()
+    try:
+        backbone = None
+        if adapted is not None:  # text DAPT: the backbone adapted (and saved) by the parent
+            from transferlab.models.checkpoint import load_backbone
+
+            backbone, _ = load_backbone(adapted)
+        logger = recording_logger(log) if tracked else False
+        model, history = finetune_one(
+            cfg, route, target, variant, shared("data")[target], logger, backbone=backbone
+        )
+    except Exception as exc:  # the parent logs the failed fit, then raises it
+        log.end_ms = log.end_ms or log.start_ms
+        return {"error": _picklable(exc), "log": log}
+    return {"state": pack_state(model), "history": history, "log": log}
+
+
+def _picklable(exc: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Every (target, variant) fit of the route, ``trainer.fit_workers`` at a time (see
+    :mod:`transferlab.stages.pool`); checkpoints and MLflow child runs are written here, in order."""
     from transferlab.data.loaders import load_dataset
     from transferlab.io import atomic_dir
     from transferlab.models.checkpoint import save_classifier
+    from transferlab.stages.pool import fit_pool, fit_workers, unpack_state
 
     route = str(cfg.route)
     dirs = route_dirs(cfg, route)
     targets = list(map(str, cfg.data[route].targets))
     names = variants(cfg, route)
     arch = OmegaConf.to_container(cfg.model[route], resolve=True)
-    configure_torch(cfg.trainer)
+    datasets = {t: load_dataset(dirs["data"] / "targets" / f"{t}.pt") for t in targets}
+    # unlabelled text targets (task lm) are only adapted to (DAPT), never fine-tuned
+    jobs = [(t, v) for t in targets if datasets[t].get("task") != "lm" for v in names]
     summary: dict[str, Any] = {"route": route, "targets": {}}
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
     tags = {"route": route, "run_name": f"finetune:{route}"}
-    with StageRun(cfg, "finetune", tags=tags, manifest=dirs["manifest"]) as tr:
+    with (
+        fit_pool(fit_workers(cfg.trainer, len(jobs)), {"data": datasets}) as pmap,
+        StageRun(cfg, "finetune", tags=tags, manifest=dirs["manifest"]) as tr,
+    ):
+        configure_torch(cfg.trainer)  # after the fork: workers run one thread each
         with atomic_dir(dirs["finetune"]) as out, progress_bar(progress, hosts_fits=True) as bar:
-            task = bar.add_task(f"finetune[{route}]", total=len(targets) * len(names))
-            for target in targets:
-                data = load_dataset(dirs["data"] / "targets" / f"{target}.pt")
-                if route == "text":
-                    from transferlab.stages import text
+            adapted: dict[tuple[str, str], str] = {}
+            if route == "text":
+                from transferlab.stages import text
 
-                    text.finetune_target(
-                        cfg, target, data, out, tr, lambda: bar.advance(task), summary
+                for target in targets:
+                    adapted.update(
+                        text.dapt_target(cfg, target, datasets[target], out, tr, summary)
                     )
-                    continue
-                summary["targets"][target] = {}
-                for variant in names:
-                    bar.update(task, description=f"finetune[{route}] {target}/{variant}")
-                    logger = tr.lightning_logger(
-                        f"finetune:{route}:{target}:{variant}",
-                        {"target": target, "variant": variant},
-                    )
-                    model, history = finetune_one(cfg, route, target, variant, data, logger)
-                    meta = {
-                        "route": route,
-                        "target": target,
-                        "variant": variant,
-                        "seed": int(cfg.seed),
-                    }
-                    save_classifier(
-                        out / variant / f"{target}.pt", model, arch, len(data["classes"]), meta
-                    )
-                    summary["targets"][target][variant] = {"history": history}
-                    bar.advance(task)
+            task = bar.add_task(f"finetune[{route}]", total=len(jobs))
+            args = [(cfg, route, t, v, adapted.get((t, v)), tr.enabled) for t, v in jobs]
+            for (target, variant), res in zip(jobs, pmap(_fit_job, args), strict=True):
+                tr.log_fit(
+                    f"finetune:{route}:{target}:{variant}",
+                    {"target": target, "variant": variant},
+                    res["log"],
+                    res.get("error"),
+                )
+                if "error" in res:
+                    raise res["error"]
+                # text: the variant's own architecture (a hub entry saved without its weights)
+                saved = text.saved_arch(text.arch_for(cfg, variant)) if route == "text" else arch
+                meta = {"route": route, "target": target, "variant": variant, "seed": int(cfg.seed)}
+                save_classifier(
+                    out / variant / f"{target}.pt",
+                    unpack_state(res["state"]),
+                    saved,
+                    len(datasets[target]["classes"]),
+                    meta,
+                )
+                summary["targets"].setdefault(target, {})[variant] = {"history": res["history"]}
+                bar.update(task, description=f"finetune[{route}] {target}/{variant}")
+                bar.advance(task)
             write_json(out / "history.json", summary)
         tr.log_artifact(dirs["finetune"] / "history.json")
     return summary

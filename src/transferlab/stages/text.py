@@ -250,67 +250,43 @@ def dapt(
 
 
 # --------------------------------------------------------------------------- finetune stage
-def finetune_target(
+def dapt_target(
     cfg: DictConfig,
     target: str,
     data: dict[str, Any],
     out: Path,
     tr: Any,
-    advance: Any,
     summary: dict[str, Any],
-) -> None:
-    """Fine-tune every variant on one labelled target, after DAPT if enabled.
+) -> dict[tuple[str, str], str]:
+    """Domain-adaptive continued pre-training on one target, when ``finetune.dapt_epochs > 0``.
 
-    Adds ``summary["targets"][target] = {variant: {"history"}}`` (labelled targets only, as the
-    learning curves expect) and ``summary["dapt"][target][<o>_dapt] = {"val/ppl_before",
-    "val/ppl_after", "history"}``. DAPT backbones are saved as ``<out>/<o>_dapt/<target>.backbone.pt``
-    (every target, the unlabelled ones included) for the evaluate stage's perplexities.
+    Every target is adapted to, the unlabelled ones included (the evaluate stage reports their
+    perplexities). Each adapted backbone is saved as ``<out>/<o>_dapt/<target>.backbone.pt`` and
+    ``summary["dapt"][target][<o>_dapt] = {"val/ppl_before", "val/ppl_after", "history"}`` is
+    filled in. Returns ``{(target, <o>_dapt): path}``: the finetune stage's fits of the DAPT
+    variants start from these files.
     """
-    from transferlab.models.checkpoint import save_backbone, save_classifier
-    from transferlab.stages.finetune import finetune_one
+    from transferlab.models.checkpoint import save_backbone
 
-    adapted: dict[str, nn.Module] = {}
-    if dapt_epochs(cfg):
-        dapt_info = summary.setdefault("dapt", {}).setdefault(target, {})
-        for o in objectives(cfg):
-            seed_all(cfg.seed)
-            backbone = variant_backbone(cfg, target, o)
-            logger = tr.lightning_logger(
-                f"dapt:{ROUTE}:{target}:{o}", {"target": target, "variant": o + DAPT_SUFFIX}
-            )
-            backbone, info = dapt(cfg, o, backbone, data, logger)
-            v = o + DAPT_SUFFIX
-            adapted[v] = backbone
-            dapt_info[v] = info
-            meta = {"route": ROUTE, "target": target, "variant": v, "seed": int(cfg.seed)}
-            meta["objective_cfg"] = objective_cfg(cfg, o)
-            save_backbone(
-                out / v / f"{target}.backbone.pt",
-                backbone,
-                pretrained_checkpoint(cfg, o)["arch"],
-                meta,
-            )
-    if data.get("task") == "lm":
-        for _ in variants(cfg):
-            advance()
-        return
-    fits = summary["targets"].setdefault(target, {})
-    for variant in variants(cfg):
+    paths: dict[tuple[str, str], str] = {}
+    if not dapt_epochs(cfg):
+        return paths
+    dapt_info = summary.setdefault("dapt", {}).setdefault(target, {})
+    for o in objectives(cfg):
+        seed_all(cfg.seed)
+        backbone = variant_backbone(cfg, target, o)
         logger = tr.lightning_logger(
-            f"finetune:{ROUTE}:{target}:{variant}", {"target": target, "variant": variant}
+            f"dapt:{ROUTE}:{target}:{o}", {"target": target, "variant": o + DAPT_SUFFIX}
         )
-        backbone = adapted.get(variant) or variant_backbone(cfg, target, variant, data)
-        model, history = finetune_one(cfg, ROUTE, target, variant, data, logger, backbone=backbone)
-        meta = {"route": ROUTE, "target": target, "variant": variant, "seed": int(cfg.seed)}
-        save_classifier(
-            out / variant / f"{target}.pt",
-            model,
-            saved_arch(arch_for(cfg, variant)),
-            len(data["classes"]),
-            meta,
-        )
-        fits[variant] = {"history": history}
-        advance()
+        backbone, info = dapt(cfg, o, backbone, data, logger)
+        v = o + DAPT_SUFFIX
+        dapt_info[v] = info
+        meta = {"route": ROUTE, "target": target, "variant": v, "seed": int(cfg.seed)}
+        meta["objective_cfg"] = objective_cfg(cfg, o)
+        path = out / v / f"{target}.backbone.pt"
+        save_backbone(path, backbone, pretrained_checkpoint(cfg, o)["arch"], meta)
+        paths[(target, v)] = str(path)
+    return paths
 
 
 # --------------------------------------------------------------------------- evaluate stage
