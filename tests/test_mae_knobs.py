@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.test_objectives import FMNIST, WIDTHS, build, fit, needs_fmnist
-from transferlab.config import compose
+from tests.test_objectives import WIDTHS, build, fit, fmnist_head, needs_fmnist, tiny_image_cfg
 from transferlab.models.cnn import ConvNet
 from transferlab.objectives.losses import masked_mse, patch_mask, patch_normalize
 from transferlab.objectives.mae import MaskedReconstruction, pixel_decoder
@@ -19,18 +18,12 @@ from transferlab.objectives.mae import MaskedReconstruction, pixel_decoder
 
 @pytest.fixture(scope="module")
 def cfg() -> Any:
-    return compose([f"model.image.widths={WIDTHS}".replace(" ", "")])
+    return tiny_image_cfg()
 
 
 @pytest.fixture(scope="module")
 def source() -> dict[str, torch.Tensor]:
-    from transferlab.data.image_sources import load_fashion_mnist
-
-    x, y = load_fashion_mnist("train", FMNIST)
-    return {
-        "x": torch.from_numpy(x[:640].copy()).unsqueeze(1),
-        "y": torch.from_numpy(y[:640].copy()),
-    }
+    return fmnist_head()
 
 
 def images(n: int = 6, seed: int = 0) -> torch.Tensor:

@@ -31,20 +31,30 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def cfg() -> Any:
+def tiny_image_cfg() -> Any:
+    """The default config with the tiny backbone (shared with test_mae_knobs)."""
     return compose([f"model.image.widths={WIDTHS}".replace(" ", "")])
 
 
-@pytest.fixture(scope="module")
-def source() -> dict[str, torch.Tensor]:
+def fmnist_head(n: int = 640) -> dict[str, torch.Tensor]:
+    """The first ``n`` real Fashion-MNIST training images and labels (shared with test_mae_knobs)."""
     from transferlab.data.image_sources import load_fashion_mnist
 
     x, y = load_fashion_mnist("train", FMNIST)
     return {
-        "x": torch.from_numpy(x[:640].copy()).unsqueeze(1),
-        "y": torch.from_numpy(y[:640].copy()),
+        "x": torch.from_numpy(x[:n].copy()).unsqueeze(1),
+        "y": torch.from_numpy(y[:n].copy()),
     }
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Any:
+    return tiny_image_cfg()
+
+
+@pytest.fixture(scope="module")
+def source() -> dict[str, torch.Tensor]:
+    return fmnist_head()
 
 
 def build(cfg: Any, name: str, **overrides: Any) -> Any:

@@ -303,18 +303,8 @@ class StageRun:
         from mlflow.entities import Metric, Param
 
         client = mlflow.MlflowClient()
-        child = client.create_run(
-            self.experiment_id,
-            start_time=log.start_ms,
-            run_name=run_name,
-            tags={
-                "mlflow.parentRunId": self.run_id,
-                "transferlab.stage": self.stage,
-                **(tags or {}),
-                **({"error": _one_line(error)} if error is not None else {}),
-            },
-        )
-        run_id = child.info.run_id
+        failed = {"error": _one_line(error)} if error is not None else {}
+        run_id = self._child_run(run_name, {**(tags or {}), **failed}, start_ms=log.start_ms)
         metrics = [
             Metric(key=k, value=v, timestamp=ts, step=step)
             for ts, step, values in log.metrics
@@ -335,10 +325,17 @@ class StageRun:
         """A Lightning logger writing into a new child run of this stage run (or ``False``)."""
         if not self.enabled:
             return False
+        return make_buffered_logger(self.tracking_uri, self._child_run(run_name, tags))
+
+    def _child_run(
+        self, run_name: str, tags: Mapping[str, str] | None, start_ms: int | None = None
+    ) -> str:
+        """A new child run of this stage run; returns its id."""
         import mlflow
 
         child = mlflow.MlflowClient().create_run(
             self.experiment_id,
+            start_time=start_ms,
             run_name=run_name,
             tags={
                 "mlflow.parentRunId": self.run_id,
@@ -346,7 +343,7 @@ class StageRun:
                 **(tags or {}),
             },
         )
-        return make_buffered_logger(self.tracking_uri, child.info.run_id)
+        return child.info.run_id
 
 
 #: Buffered metrics are written once this many are waiting (MLflow's batch limit) ...

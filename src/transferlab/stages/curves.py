@@ -72,8 +72,8 @@ def accuracy_on_test(model: torch.nn.Module, data: Mapping[str, Any], route: str
 def _curve_job(job: tuple[DictConfig, str, str, str, int | None]) -> dict[str, Any]:
     """One curve point: fine-tune on the whole training set (``n`` None) or on ``n`` per class,
     return the test accuracy."""
-    from transferlab.stages.finetune import _picklable, finetune_one
-    from transferlab.stages.pool import shared
+    from transferlab.stages.finetune import finetune_one
+    from transferlab.stages.pool import picklable, shared
 
     cfg, route, target, variant, n = job
     data = shared("data")[target]
@@ -85,7 +85,7 @@ def _curve_job(job: tuple[DictConfig, str, str, str, int | None]) -> dict[str, A
         model, _ = finetune_one(cfg, route, target, variant, train)
         return {"acc": accuracy_on_test(model, data, route)}
     except Exception as exc:
-        return {"error": _picklable(exc)}
+        return {"error": picklable(exc)}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -118,15 +118,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     # Every point is a fit (target, variant, depth, n per class; n None = the whole training
     # set). The whole-set fit at the configured depth sits on both curves: it runs once.
+    # shot_key[(target, n)]: the n a fit with n per class runs on (None when that is every example)
     points: dict[tuple[str, str, int, int | None], None] = {}
+    shot_key: dict[tuple[str, int], int | None] = {}
     for target, data in datasets.items():
         for k in depths:
             points[(target, primary, k, None)] = None
         for n in shots:
             idx = nested_subset(data["train"]["y"], n, cfg.seed)
-            whole = len(idx) == len(data["train"]["y"])
+            shot_key[(target, n)] = None if len(idx) == len(data["train"]["y"]) else n
             for variant in (primary, "scratch"):
-                points[(target, variant, base_depth, None if whole else n)] = None
+                points[(target, variant, base_depth, shot_key[(target, n)])] = None
     # The fits' configs (a merge costs ~0.1 s on the whole config: build each once).
     at_depth = {
         k: OmegaConf.merge(cfg, {"finetune": {"freeze_depth": k, "max_epochs": epochs}})
@@ -155,15 +157,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             acc[point] = res["acc"]
             bar.update(task, description=f"curves[{route}] {point[0]}/{point[1]}")
             bar.advance(task)
-        for target, data in datasets.items():
+        for target in datasets:
             freeze = {k: acc[(target, primary, k, None)] for k in depths}
-            eff: dict[str, dict[int, float]] = {primary: {}, "scratch": {}}
-            for n in shots:
-                whole = len(nested_subset(data["train"]["y"], n, cfg.seed)) == len(
-                    data["train"]["y"]
-                )
-                for variant in (primary, "scratch"):
-                    eff[variant][n] = acc[(target, variant, base_depth, None if whole else n)]
+            eff = {
+                v: {n: acc[(target, v, base_depth, shot_key[(target, n)])] for n in shots}
+                for v in (primary, "scratch")
+            }
             out["targets"][target] = {"freeze_depth": freeze, "shots": eff}
             tr.log_metrics(
                 {

@@ -188,7 +188,7 @@ def _plain(node: Any) -> Any:
 
 def _fit_job(job: tuple[DictConfig, str, str, str, str | None, bool]) -> dict[str, Any]:
     """One (target, variant) fit, in a pool worker or in process: weights, history, its log."""
-    from transferlab.stages.pool import FitLog, pack_state, recording_logger, shared
+    from transferlab.stages.pool import FitLog, pack_state, picklable, recording_logger, shared
 
     cfg, route, target, variant, adapted, tracked = job
     log = FitLog()
@@ -204,18 +204,8 @@ def _fit_job(job: tuple[DictConfig, str, str, str, str | None, bool]) -> dict[st
         )
     except Exception as exc:  # the parent logs the failed fit, then raises it
         log.end_ms = log.end_ms or log.start_ms
-        return {"error": _picklable(exc), "log": log}
+        return {"error": picklable(exc), "log": log}
     return {"state": pack_state(model), "history": history, "log": log}
-
-
-def _picklable(exc: Exception) -> Exception:
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

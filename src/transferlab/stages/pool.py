@@ -116,6 +116,18 @@ def recording_logger(log: FitLog) -> Any:
     return RecordingLogger()
 
 
+def picklable(exc: Exception) -> Exception:
+    """``exc`` if it survives the trip back to the parent, else a RuntimeError with its text
+    (a result that cannot be unpickled would stall ``Pool.imap``)."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def pack_state(module: torch.nn.Module) -> bytes:
     """A module's weights as ``torch.save`` bytes (plain tensors: safe to read back)."""
     buf = io.BytesIO()
