@@ -206,10 +206,19 @@ def test_nan_loss_fails_the_run_and_marks_it_failed_in_mlflow(project: Path) -> 
     assert any(status == "FAILED" and "train/loss became" in value for status, value in rows), rows
 
 
-def test_nan_in_a_fit_fails_the_stage_and_its_fit_run(project: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nan_in_a_fit_fails_the_stage_and_its_fit_run(project: Path, workers: int) -> None:
     """A fine-tuning fit that diverges: the stage exits with the fit's one line, writes nothing,
-    and the failed fit's recorded child run is FAILED with the reason."""
-    line = _fails(project, "finetune", "route=image", "finetune.lr=1e30", contains="became nan")
+    and the failed fit's recorded child run is FAILED with the reason; in process and with the
+    fit pool, where the other fits are still running when the parent raises."""
+    line = _fails(
+        project,
+        "finetune",
+        "route=image",
+        "finetune.lr=1e30",
+        f"trainer.fit_workers={workers}",
+        contains="became nan",
+    )
     assert "lower finetune.lr" in line
     con = sqlite3.connect(project / "mlflow.db")
     rows = con.execute(

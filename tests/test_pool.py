@@ -60,10 +60,26 @@ def test_a_worker_error_reaches_the_parent() -> None:
         list(pmap(_fails, range(3)))
 
 
+def _dies(i: int) -> int:
+    if i == 1:
+        os._exit(3)  # a worker killed mid-job (OOM killer, segfault)
+    time.sleep(0.05)
+    return i
+
+
+@pytest.mark.timeout(120)  # the failure this guards against is a hang
+def test_a_dead_worker_fails_the_map_instead_of_hanging() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool), fit_pool(2) as pmap:
+        list(pmap(_dies, range(6)))
+
+
 def test_fit_workers_never_exceeds_the_jobs() -> None:
     assert fit_workers({"fit_workers": 2}, 1) == 1
     assert fit_workers({"fit_workers": 2}, 10) == 2
     assert fit_workers({}, 10) == 1
+    assert fit_workers({"fit_workers": None}, 1000) == len(os.sched_getaffinity(0))  # one per core
 
 
 def test_weights_round_trip_bit_for_bit() -> None:

@@ -4,8 +4,8 @@ Why: a few-shot fit trains on batches of 32, too small for torch's intra-op thre
 the 2-core machine one ConvNet step (forward, backward, AdamW) takes 32.5 ms on two threads and
 35.9 ms on one, while two one-thread processes side by side take 43 ms each, 1.5x the throughput
 of one fit on two threads. The finetune and curves stages run dozens of such fits, independent
-of each other; ``trainer.fit_workers`` of them run at once (1: one after the other in the stage's
-own process, on ``trainer.num_threads``).
+of each other; ``trainer.fit_workers`` of them run at once (null, the CPU default: one per core;
+1: one after the other in the stage's own process, on ``trainer.num_threads``).
 
 How (no maintained library does this for Lightning fits that must not touch shared outputs):
 
@@ -30,6 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,16 +68,32 @@ def fit_pool(workers: int, inputs: Mapping[str, Any] | None = None) -> Iterator[
         if workers <= 1:
             yield lambda fn, jobs: map(fn, jobs)
             return
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(int(workers), initializer=_init_worker) as pool:
-            yield lambda fn, jobs: pool.imap(fn, jobs)
+        # ProcessPoolExecutor, not multiprocessing.Pool: with "fork" it starts every worker
+        # before its manager thread, and a worker that dies raises BrokenProcessPool in the
+        # parent instead of leaving ``imap`` waiting (Pool.terminate hung once after a failed fit).
+        executor = ProcessPoolExecutor(
+            int(workers), mp_context=multiprocessing.get_context("fork"), initializer=_init_worker
+        )
+        try:
+            yield lambda fn, jobs: executor.map(fn, jobs)
+        finally:
+            # On an error in the parent: drop the queued fits, let the running ones end.
+            executor.shutdown(wait=True, cancel_futures=True)
     finally:
         _SHARED.clear()
 
 
 def fit_workers(trainer_cfg: Mapping[str, Any], jobs: int) -> int:
-    """Workers for ``jobs`` fits: ``trainer.fit_workers``, never more than there are fits."""
-    return max(1, min(int(trainer_cfg.get("fit_workers", 1) or 1), jobs))
+    """Workers for ``jobs`` fits: ``trainer.fit_workers`` (null: one per usable core), never
+    more than there are fits."""
+    if "fit_workers" not in trainer_cfg:
+        return 1
+    wanted = trainer_cfg["fit_workers"]
+    if wanted is None:
+        wanted = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
+    return max(1, min(int(wanted or 1), jobs))
 
 
 # ------------------------------------------------------------------------------ fit results
@@ -118,7 +135,7 @@ def recording_logger(log: FitLog) -> Any:
 
 def picklable(exc: Exception) -> Exception:
     """``exc`` if it survives the trip back to the parent, else a RuntimeError with its text
-    (a result that cannot be unpickled would stall ``Pool.imap``)."""
+    (a result that cannot be unpickled would break the pool)."""
     import pickle
 
     try:
