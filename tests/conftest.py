@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,12 +27,29 @@ TINY_IMAGE = {
 }
 
 
+#: The suite's own warm-start server (stages run by `dvc repro` fork from it), stopped at the end.
+WARM_DIR = tempfile.mkdtemp(prefix="tl-warm-")
+
+
 def project_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(TRANSFERLAB_NO_PROGRESS="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    env.update(
+        TRANSFERLAB_NO_PROGRESS="1",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        TRANSFERLAB_WARM_DIR=WARM_DIR,
+    )
     env.pop("TRANSFERLAB_PIPELINE_ID", None)
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_warm_servers() -> object:
+    yield
+    for pid_file in Path(WARM_DIR).glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), 15)
 
 
 def run(

@@ -1,5 +1,3 @@
-import sys
+from transferlab.cli import entry
 
-from transferlab.cli import main
-
-sys.exit(main())
+entry()

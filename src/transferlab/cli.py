@@ -104,6 +104,11 @@ def _run_stage(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from transferlab.errors import TransferlabError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from transferlab import warm
+
+    if warm.enabled(argv) and (code := warm.run_warm(argv)) is not None:
+        return code
     args = _parser().parse_args(argv)
     debug = any(os.environ.get(v, "") not in ("", "0") for v in DEBUG_VARS)
     try:
@@ -116,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if debug:
+    except (SystemExit, Exception) as exc:
+        from transferlab.tracking import interrupted
+
+        if interrupted(exc):  # Lightning turns Ctrl-C during fit into sys.exit(1)
+            print("transferlab: interrupted", file=sys.stderr)
+            return 130
+        if debug or isinstance(exc, SystemExit):
             raise
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(
@@ -127,5 +137,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def before_exit() -> None:
+    """What a normal interpreter exit does before tearing down: join the threads still working,
+    run the atexit hooks (MLflow, logging), flush."""
+    import atexit
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def entry() -> None:
+    """The ``transferlab`` command: :func:`main`, then exit without the interpreter's teardown.
+
+    Why: freeing torch's, MLflow's and Lightning's ~5000 modules one by one takes ~2 s per stage
+    (measured: exit at 11.4 s vs 10.1 s for a 8.8 s stage); every output is closed by then.
+    """
+    code = main()
+    before_exit()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

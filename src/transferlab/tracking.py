@@ -200,6 +200,18 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def interrupted(exc: BaseException | None) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or what was raised while handling one (Lightning's
+    ``sys.exit(1)``, a tracking write the interrupt cut short)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
+
+
 class StageRun:
     """Context manager: one MLflow run for a stage execution, FAILED with the reason on error."""
 
@@ -228,6 +240,9 @@ class StageRun:
         if not self.enabled:
             return self
         import mlflow
+        import torch
+
+        from transferlab import warm
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_name = str(self.logger_cfg.get("experiment", "transferlab"))
@@ -238,6 +253,8 @@ class StageRun:
             "dvc.stage": os.environ.get("TRANSFERLAB_DVC_STAGE", self.stage),
             "git.commit": git_commit(),
             "pipeline.id": pipeline_id(),
+            "process.warm": str(warm.in_child()).lower(),  # forked by the warm-start server
+            "process.torch_threads": str(torch.get_num_threads()),
             "mlflow.source.name": mask_secret("", "transferlab " + " ".join(sys.argv[1:])),
             **self.tags,
         }
@@ -260,11 +277,20 @@ class StageRun:
             return
         import mlflow
 
-        if exc is not None:
-            mlflow.set_tag("error", _one_line(exc))
-            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        else:
+        if exc is None:
             mlflow.end_run(status="FINISHED")
+            return
+        if not interrupted(exc):
+            mlflow.set_tag("error", _one_line(exc))
+            mlflow.end_run(status="FAILED")
+            return
+        # Ctrl-C can land inside an MLflow write and leave SQLite locked by this very process:
+        # the interrupt, not a tracking error, is what the user must see.
+        try:
+            mlflow.set_tag("error", "interrupted")
+            mlflow.end_run(status="KILLED")
+        except Exception:
+            pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:
