@@ -60,7 +60,12 @@ def _gone(pid: int, timeout: float = 30) -> bool:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_project(tmp_path_factory.mktemp("warm"), ["+debug=tiny"])
-    run([TL, "data", "route=image"], root)
+    # with no server yet, the first warm command runs cold and starts one in the background
+    run([TL, "data", "route=image"], root, env=_env(True, "data@image"))
+    deadline = time.time() + 180
+    while not any(Path(WARM_DIR).glob("*.sock")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert any(Path(WARM_DIR).glob("*.sock")), _server_log()[-2000:]
     return root
 
 

@@ -21,8 +21,9 @@ serves its own parent process, not separate commands, so it is written here.
 - The caller stays the process DVC waits on: it forwards SIGINT/SIGTERM/SIGHUP to the child's
   process group and exits with the child's status (dying of the same signal when it was killed).
   If the caller itself dies (SIGKILL), the server kills the child: no stage outlives its command.
-- Anything that fails before the child is forked (no socket, a server that cannot start) falls
-  back to running cold in the caller, with one line on stderr.
+- The first stage finds no server: it starts one in the background and runs cold meanwhile;
+  later stages wait for a server that is still importing. Anything else that fails before the
+  child is forked falls back to running cold in the caller, with one line on stderr.
 
 Sockets and logs live in ``$TRANSFERLAB_WARM_DIR`` (default ``$XDG_RUNTIME_DIR`` or the temp
 directory, ``transferlab-warm-<uid>``, mode 0700). ``transferlab warm stop`` stops this
@@ -179,33 +180,45 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
-def _start_server(path: Path, timeout: float = 180.0) -> socket.socket | None:
-    """Connect to the server at ``path``, starting it first if nobody has (one starter at a time)."""
+def _alive(path: Path) -> bool:
+    """A server for ``path`` is running (importing, or serving)."""
+    try:
+        os.kill(int(path.with_suffix(".pid").read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _server(path: Path, timeout: float = 180.0) -> socket.socket | None:
+    """A connection to the server at ``path``, or ``None``: then no server is ready yet, one has
+    been started in the background, and the caller runs its stage cold meanwhile (on 2 cores the
+    server's imports and a light first stage, the data stage, overlap)."""
+    if (conn := _connect(path)) is not None:
+        return conn
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time
+        if not _alive(path):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+            with open(path.with_suffix(".log"), "ab") as log:
+                proc = subprocess.Popen(
+                    # -P, cwd: no project directory on sys.path; the child chdirs to the caller's
+                    [sys.executable, "-P", "-m", "transferlab.warm", "serve", str(path)],
+                    cwd=path.parent,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,  # not in the terminal's group: Ctrl-C is forwarded
+                    close_fds=True,
+                )
+            path.with_suffix(".pid").write_text(f"{proc.pid}\n")
+            return None
+    deadline = time.monotonic() + timeout  # it is importing: waiting beats importing twice
+    while time.monotonic() < deadline and _alive(path):
         if (conn := _connect(path)) is not None:
             return conn
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
-        with open(path.with_suffix(".log"), "ab") as log:
-            proc = subprocess.Popen(
-                # -P, cwd: no project directory on sys.path; the child chdirs to the caller's
-                [sys.executable, "-P", "-m", "transferlab.warm", "serve", str(path)],
-                cwd=path.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                start_new_session=True,  # not in the terminal's process group: Ctrl-C is forwarded
-                close_fds=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            if path.exists() and (conn := _connect(path)) is not None:
-                return conn
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-        return None
+        time.sleep(0.05)
+    return None
 
 
 def run_warm(argv: list[str]) -> int | None:
@@ -213,9 +226,9 @@ def run_warm(argv: list[str]) -> int | None:
     started there (nothing has run yet: the caller runs it cold)."""
     try:
         path = socket_path()
-        conn = _connect(path) or _start_server(path)
+        conn = _server(path)
         if conn is None:
-            raise OSError(f"no warm-start server at {path} (log: {path.with_suffix('.log')})")
+            return None
         with conn:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -284,6 +297,7 @@ def serve(path: Path, idle: float | None = None) -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    path.with_suffix(".pid").write_text(f"{os.getpid()}\n")
     t0 = time.monotonic()
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in PRELOAD:
@@ -294,7 +308,6 @@ def serve(path: Path, idle: float | None = None) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp))
     listener.listen(16)
-    path.with_suffix(".pid").write_text(f"{os.getpid()}\n")
     os.replace(tmp, path)  # appears ready, never half-bound
     ino = path.stat().st_ino
     sel = selectors.DefaultSelector()
