@@ -232,10 +232,14 @@ def run_warm(argv: list[str]) -> int | None:
         with conn:
             sys.stdout.flush()
             sys.stderr.flush()
+            from transferlab.tracking import pipeline_id
+
+            # the child's ancestors are the server's, not this `dvc repro`: name the pipeline here
+            env = {**os.environ, "TRANSFERLAB_PIPELINE_ID": pipeline_id()}
             request = {
                 "argv": ["transferlab", *argv],
                 "cwd": os.getcwd(),
-                "env": dict(os.environ),
+                "env": env,
                 "umask": _umask(),
             }
             data = json.dumps(request).encode()
