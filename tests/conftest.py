@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -47,9 +46,10 @@ def project_env() -> dict[str, str]:
 @pytest.fixture(scope="session", autouse=True)
 def _stop_warm_servers() -> object:
     yield
+    from transferlab import warm
+
     for pid_file in Path(WARM_DIR).glob("*.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pid_file.read_text()), 15)
+        warm.stop(pid_file.with_suffix(".sock"))
 
 
 def run(

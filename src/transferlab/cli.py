@@ -118,13 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"transferlab: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("transferlab: interrupted", file=sys.stderr)
-        return 130
-    except (SystemExit, Exception) as exc:
+    except (KeyboardInterrupt, SystemExit, Exception) as exc:
         from transferlab.tracking import interrupted
 
-        if interrupted(exc):  # Lightning turns Ctrl-C during fit into sys.exit(1)
+        if interrupted(exc):  # also Lightning's sys.exit(1) after it caught Ctrl-C during fit
             print("transferlab: interrupted", file=sys.stderr)
             return 130
         if debug or isinstance(exc, SystemExit):

@@ -286,11 +286,9 @@ class StageRun:
             return
         # Ctrl-C can land inside an MLflow write and leave SQLite locked by this very process:
         # the interrupt, not a tracking error, is what the user must see.
-        try:
+        with contextlib.suppress(Exception):
             mlflow.set_tag("error", "interrupted")
             mlflow.end_run(status="KILLED")
-        except Exception:
-            pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:

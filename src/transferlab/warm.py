@@ -26,8 +26,8 @@ serves its own parent process, not separate commands, so it is written here.
   child is forked falls back to running cold in the caller, with one line on stderr.
 
 Sockets and logs live in ``$TRANSFERLAB_WARM_DIR`` (default ``$XDG_RUNTIME_DIR`` or the temp
-directory, ``transferlab-warm-<uid>``, mode 0700). ``transferlab warm stop`` stops this
-environment's server.
+directory, ``transferlab-warm-<uid>``, mode 0700). :func:`stop` stops a server once its running
+stages end.
 """
 
 from __future__ import annotations
@@ -180,13 +180,18 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
-def _alive(path: Path) -> bool:
-    """A server for ``path`` is running (importing, or serving)."""
+def _signal_server(path: Path, signum: int) -> bool:
+    """Send ``signum`` to the server of ``path`` (0: only check); False if none is running."""
     try:
-        os.kill(int(path.with_suffix(".pid").read_text()), 0)
+        os.kill(int(path.with_suffix(".pid").read_text()), signum)
         return True
     except (OSError, ValueError):
         return False
+
+
+def _alive(path: Path) -> bool:
+    """A server for ``path`` is running (importing, or serving)."""
+    return _signal_server(path, 0)
 
 
 def _server(path: Path, timeout: float = 180.0) -> socket.socket | None:
@@ -268,12 +273,7 @@ def _wait(conn: socket.socket, pid: int) -> int:
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     old = {s: signal.signal(s, forward) for s in sigs}
     try:
-        while True:
-            try:
-                done = _recv(conn)
-                break
-            except InterruptedError:
-                continue
+        done = _recv(conn)  # a forwarded signal does not end the wait (PEP 475 retries recv)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -296,7 +296,7 @@ def serve(path: Path, idle: float | None = None) -> None:
     idle = float(os.environ.get("TRANSFERLAB_WARM_IDLE", "60")) if idle is None else idle
     stopping = False
 
-    def on_term(_signum: int, _frame: Any) -> None:  # `warm stop`: no new stages, let these end
+    def on_term(_signum: int, _frame: Any) -> None:  # stop(): no new stages, let these end
         nonlocal stopping
         stopping = True
 
@@ -450,14 +450,9 @@ def _child(req: dict[str, Any], fds: list[int]) -> int:
 
 
 def stop(path: Path | None = None) -> bool:
-    """Stop this environment's server once its running stages end; True if one was running."""
-    path = path or socket_path()
-    try:
-        pid = int(path.with_suffix(".pid").read_text())
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        return False
-    return True
+    """Stop a server (default: this environment's) once its running stages end; True if one
+    was running."""
+    return _signal_server(path or socket_path(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
