@@ -13,7 +13,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=launchers
+# The job's optional groups, as `make run` installs them (hf: the MiniLM model); never dev.
+ARG EXTRAS=launchers,hf
 ARG UID=1000
 
 ENV DEBIAN_FRONTEND=noninteractive \

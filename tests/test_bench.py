@@ -1,10 +1,12 @@
-"""scripts/bench.py at tiny sizes: structure and sanity of its figures, never wall-time thresholds."""
+"""The bench (`python -m bench`, package `bench/`) at tiny sizes: structure and sanity of its figures,
+never wall-time thresholds; and `make run`'s timing record (`transferlab.run_timing`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,12 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench import common, datapath, flops, mfu, overhead, pipeline, report
 from tests.conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench"] = bench  # dataclasses resolve their module by name
-spec.loader.exec_module(bench)
+from transferlab import run_timing
 
 
 def test_flops_of_one_conv_layer_equal_the_hand_count() -> None:
@@ -28,18 +27,18 @@ def test_flops_of_one_conv_layer_equal_the_hand_count() -> None:
     ho = (h + 2 - k) // stride + 1
     fwd = 2 * n * ho * ho * cout * cin * k * k
 
-    assert bench.count_flops(lambda: conv(x)) == fwd
-    assert bench.count_flops(lambda: conv(x).sum().backward()) == 3 * fwd
-    gemms = bench.record_gemms(lambda: conv(x).sum().backward())
+    assert flops.count_flops(lambda: conv(x)) == fwd
+    assert flops.count_flops(lambda: conv(x).sum().backward()) == 3 * fwd
+    gemms = flops.record_gemms(lambda: conv(x).sum().backward())
     assert gemms == [
-        bench.Gemm(1, n * ho * ho, cin * k * k, cout),  # forward: cols @ Wᵀ
-        bench.Gemm(1, n * ho * ho, cout, cin * k * k),  # grad-input
-        bench.Gemm(1, cout, n * ho * ho, cin * k * k),  # grad-weight
+        flops.Gemm(1, n * ho * ho, cin * k * k, cout),  # forward: cols @ Wᵀ
+        flops.Gemm(1, n * ho * ho, cout, cin * k * k),  # grad-input
+        flops.Gemm(1, cout, n * ho * ho, cin * k * k),  # grad-weight
     ]
     # An input without gradient (a network's first layer) has no grad-input GEMM.
     x0 = x.detach()
-    assert bench.count_flops(lambda: conv(x0).sum().backward()) == 2 * fwd
-    assert sum(g.flops for g in bench.record_gemms(lambda: conv(x0).sum().backward())) == 2 * fwd
+    assert flops.count_flops(lambda: conv(x0).sum().backward()) == 2 * fwd
+    assert sum(g.flops for g in flops.record_gemms(lambda: conv(x0).sum().backward())) == 2 * fwd
 
 
 def test_gemms_cover_the_counted_flops_of_linear_and_attention() -> None:
@@ -54,25 +53,25 @@ def test_gemms_cover_the_counted_flops_of_linear_and_attention() -> None:
     def step() -> None:
         attn(x, mask).sum().backward()
 
-    flops = bench.count_flops(step)
-    gemms = bench.record_gemms(step)
-    assert flops > 0
-    assert sum(g.flops for g in gemms) == flops
+    counted = flops.count_flops(step)
+    gemms = flops.record_gemms(step)
+    assert counted > 0
+    assert sum(g.flops for g in gemms) == counted
     assert any(g.batch == 3 * 2 for g in gemms)  # attention as batched GEMMs (B·heads)
 
 
 def test_matmul_peak_weights_shapes_by_calls() -> None:
-    gemms = [bench.Gemm(1, 32, 16, 8)] * 3 + [bench.Gemm(2, 8, 8, 8)]
-    peak = bench.matmul_peak(gemms, min_s=0.0)
+    gemms = [flops.Gemm(1, 32, 16, 8)] * 3 + [flops.Gemm(2, 8, 8, 8)]
+    peak = flops.matmul_peak(gemms, min_s=0.0)
     assert peak["flops_per_s"] > 0 and peak["gemm_s_per_step"] > 0
     assert sorted(s["calls"] for s in peak["shapes"]) == [1, 3]
-    assert bench.Gemm(2, 8, 8, 8).flops == 2 * 2 * 8 * 8 * 8
+    assert flops.Gemm(2, 8, 8, 8).flops == 2 * 2 * 8 * 8 * 8
 
 
 def test_growth_exponent_recovers_a_power_law() -> None:
     xs = [1.0, 2.0, 4.0, 8.0]
-    assert math.isclose(bench.growth_exponent(xs, [3 * x**2 for x in xs]), 2.0)
-    assert math.isclose(bench.growth_exponent(xs, [5.0] * 4), 0.0, abs_tol=1e-12)
+    assert math.isclose(common.growth_exponent(xs, [3 * x**2 for x in xs]), 2.0)
+    assert math.isclose(common.growth_exponent(xs, [5.0] * 4), 0.0, abs_tol=1e-12)
 
 
 TINY = [
@@ -96,7 +95,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     """A tiny config over synthetic images in the data stage's layout (the real data stage and
     MLflow store cost seconds; the bench itself runs both)."""
     work = tmp_path_factory.mktemp("bench")
-    cfg = bench.stage_config(ROOT / "params.yaml", work, [*TINY, "logger.enabled=false"])
+    cfg = common.stage_config(ROOT / "params.yaml", work, [*TINY, "logger.enabled=false"])
     g = torch.Generator().manual_seed(0)
 
     def split(n: int) -> dict[str, torch.Tensor]:
@@ -122,18 +121,21 @@ def test_bare_loop_matches_the_stage_fit_bit_for_bit(
     from omegaconf import OmegaConf
 
     cfg, work = tiny
-    budget = {"batch_size": 32, "max_epochs": 2}  # supervised's own budget overrides pretrain's
-    cfg = OmegaConf.merge(cfg, {"objectives": {objective: budget}})
-    light = bench.pretrain_arm("lightning", cfg, work / "light", "image", objective)
-    bare = bench.pretrain_arm("bare", cfg, work / "bare", "image", objective)
+    # An objective's own budget (supervised's batch size and epochs, mae's epochs) overrides
+    # pretrain's: pin the knobs it has (the schema has no others) to pretrain's tiny budget.
+    budget = {"batch_size": 32, "max_epochs": 2}
+    own = {k: v for k, v in budget.items() if k in cfg.objectives[objective]}
+    cfg = OmegaConf.merge(cfg, {"objectives": {objective: own}})
+    light = overhead.pretrain_arm("lightning", cfg, work / "light", "image", objective)
+    bare = overhead.pretrain_arm("bare", cfg, work / "bare", "image", objective)
     assert light.arm == "lightning" and bare.arm == "bare"
     assert light.steps == bare.steps == 2 * (96 // 32)
     assert [len(e) for e in light.epochs] == [3, 3] and len(bare.epoch_s) == 2
     assert light.batch_size == 32 and bare.batch_size == 32
-    assert bench.same_weights(light, bare)
+    assert overhead.same_weights(light, bare)
     assert (work / "light" / "image" / "pretrain" / objective / "backbone.pt").exists()
-    out = bench.compare_arms([(light, bare)], "tiny")
-    public = bench._public(out)
+    out = overhead.compare_arms([(light, bare)], "tiny")
+    public = report.public(out)
     assert public["same_weights"] and public["same_steps"]
     assert public["ratio"] > 0 and public["step_ratio"] > 0 and public["cpu_ratio"] > 0
     json.dumps(public)  # what goes into bench.json is plain JSON
@@ -141,17 +143,17 @@ def test_bare_loop_matches_the_stage_fit_bit_for_bit(
     from omegaconf import OmegaConf
 
     ft = OmegaConf.merge(cfg, {"paths": {"models_dir": str(work / "light")}})
-    fl = bench.finetune_arm("lightning", ft, work / "light", "fmnist", "mae")
-    fb = bench.finetune_arm("bare", ft, work / "light", "fmnist", "mae")
+    fl = overhead.finetune_arm("lightning", ft, work / "light", "fmnist", "mae")
+    fb = overhead.finetune_arm("bare", ft, work / "light", "fmnist", "mae")
     assert fl.steps == fb.steps == 2 * math.ceil(20 / 8)
-    assert bench.same_weights(fl, fb)
+    assert overhead.same_weights(fl, fb)
 
 
 def test_efficiency_and_data_path_figures_are_consistent(tiny: tuple[object, Path]) -> None:
     cfg, work = tiny
-    light = bench.pretrain_arm("lightning", cfg, work / "light2", "image", "mae")
-    bare = bench.pretrain_arm("bare", cfg, work / "bare2", "image", "mae")
-    eff = bench.efficiency(cfg, "image", "mae", 32, light.step_s, bare.step_s, min_s=0.0)
+    light = overhead.pretrain_arm("lightning", cfg, work / "light2", "image", "mae")
+    bare = overhead.pretrain_arm("bare", cfg, work / "bare2", "image", "mae")
+    eff = mfu.efficiency(cfg, "image", "mae", 32, light.step_s, bare.step_s, min_s=0.0)
     assert eff["gflop_per_step"] > 0
     # All counted FLOPs of the CNN are GEMM-shaped (convolutions), so the two counts agree.
     assert eff["gemm_gflop_per_step"] == eff["gflop_per_step"]
@@ -161,23 +163,64 @@ def test_efficiency_and_data_path_figures_are_consistent(tiny: tuple[object, Pat
     from transferlab.data.loaders import load_dataset
 
     split = load_dataset(work / "data" / "image" / "source.pt")["train"]
-    d = bench.data_path(cfg, "image", split, 32, light, bare)
+    d = datapath.data_path(cfg, "image", split, 32, light, bare)
     assert d["loader_samples_s"] > 0 and d["model_samples_s"] > 0
     assert 0 <= d["data_wait_share"] <= 1
 
 
 def test_record_run_appends_atomically_and_reports_missing_runs(tmp_path: Path) -> None:
-    assert not bench.last_pipeline_run(tmp_path)["recorded"]
-    path = bench.record_run(tmp_path, "abc", start=0.0, exit_code=0)
-    bench.record_run(tmp_path, "def", start=0.0, exit_code=1)
+    assert not pipeline.last_pipeline_run(tmp_path)["recorded"]
+    path = run_timing.record_run(tmp_path, "abc", start=0.0, exit_code=0)
+    run_timing.record_run(tmp_path, "def", start=0.0, exit_code=1)
     runs = json.loads(path.read_text())["runs"]
     assert [r["pipeline_id"] for r in runs] == ["abc", "def"]
     assert runs[1]["exit_code"] == 1 and runs[0]["machine"]["nproc"] >= 1
     assert list(path.parent.glob(".run_timing.json.*")) == []  # no temporary file left
     # A recorded run without an MLflow store to read its stages from says so instead of failing.
-    out = bench.last_pipeline_run(tmp_path)
+    out = pipeline.last_pipeline_run(tmp_path)
     assert not out["recorded"] and "MLflow" in out["note"]
-    assert not bench.noop_repro(tmp_path)["measured"]
+    assert not pipeline.noop_repro(tmp_path)["measured"]
+
+
+RUN_KEYS = {"pipeline_id", "command", "started_at", "wall_s", "exit_code", "git_commit", "machine"}
+
+
+def test_run_timing_cli_is_what_make_run_calls(tmp_path: Path) -> None:
+    """`python -m transferlab.run_timing` (the Makefile's `run` recipe) appends one record with the
+    keys the bench reads, imports neither torch nor mlflow, and keeps the last 20 runs."""
+    cmd = [sys.executable, "-m", "transferlab.run_timing", "--project", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *cmd[1:], *("--pipeline-id", "p0", "--start", "0")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert not {"torch", "mlflow", "omegaconf"} & imported
+    for i in range(1, 22):
+        subprocess.run([*cmd, "--pipeline-id", f"p{i}", "--start", "0"], check=True)
+    runs = json.loads((tmp_path / "reports" / "run_timing.json").read_text())["runs"]
+    assert len(runs) == 20 and runs[-1]["pipeline_id"] == "p21" and runs[0]["pipeline_id"] == "p2"
+    assert all(set(r) == RUN_KEYS for r in runs)
+    assert set(runs[0]["machine"]) == {"cpu", "nproc"} and runs[0]["exit_code"] == 0
+    makefile = (ROOT / "Makefile").read_text()
+    assert "python -m transferlab.run_timing --pipeline-id" in makefile
+    assert "scripts/bench.py" not in makefile and "python -m bench" in makefile
+
+
+def test_python_m_bench_is_the_entry_point() -> None:
+    """`make bench` runs `python -m bench` from the project root: its CLI parses without a run."""
+    env = dict(os.environ, PYTHONPATH="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--sections" in proc.stdout and all(s in proc.stdout for s in common.SECTIONS)
 
 
 def test_stage_runs_reads_top_level_runs_of_one_pipeline(tmp_path: Path) -> None:
@@ -194,7 +237,7 @@ def test_stage_runs_reads_top_level_runs_of_one_pipeline(tmp_path: Path) -> None
         exp, tags={"pipeline.id": "p1", "mlflow.parentRunId": parent.info.run_id}
     )
     client.set_terminated(child.info.run_id)
-    stages = bench.stage_runs(uri, "p1")
+    stages = pipeline.stage_runs(uri, "p1")
     assert [s["stage"] for s in stages] == ["data@image", "pretrain-image@mae"]
     assert all(s["seconds"] >= 0 and s["status"] == "FINISHED" for s in stages)
 
@@ -231,8 +274,8 @@ def test_goals_and_table_report_met_missed_and_unmeasured() -> None:
         },
         "pipeline": {"noop_repro": {"measured": False, "note": "not up to date"}},
     }
-    result["goals"] = bench.goals(result)
+    result["goals"] = report.goals(result)
     met = {g["figure"]: g["met"] for g in result["goals"]}
     assert met == {"overhead a": True, "MFU b": False, "no-op dvc repro s": None}
-    text = bench.table(result)
+    text = report.table(result)
     assert "MISSED" in text and "not measured" in text and "not up to date" in text
