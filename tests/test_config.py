@@ -125,7 +125,9 @@ def test_cli_reports_one_line_and_exit_2_without_writing(tmp_path: Path) -> None
 
 
 def test_unwritable_tracking_store_fails_before_training(tmp_path: Path) -> None:
-    cfg = config.compose(["logger.tracking_uri=sqlite:////nonexistent-dir/mlflow.db"])
+    cfg = config.compose(
+        ["logger.tracking_uri=sqlite:////nonexistent-dir/mlflow.db", "objective=mae"]
+    )
     with pytest.raises(ConfigError, match=r"logger\.tracking_uri=.*missing or not writable"):
         config.validate(cfg, "pretrain")
 

@@ -93,7 +93,7 @@ def build_source(
     cfg: Mapping[str, Any], seed: int
 ) -> tuple[dict[str, Split], np.ndarray, np.ndarray]:
     """Source splits, plus the official-test images NOT used by the source (the in-domain pool)."""
-    root = cfg.get("fashion_mnist_dir", src.FASHION_MNIST_DIR)
+    root = cfg["fashion_mnist_dir"]
     xtr, ytr = src.load_fashion_mnist("train", root)
     xte, yte = src.load_fashion_mnist("test", root)
     n_tr, n_va, n_te = int(cfg["source_train"]), int(cfg["source_val"]), int(cfg["source_test"])
@@ -143,7 +143,7 @@ def build_target(
         x, y, classes = src.load_lfw_28()
         idx = split_per_class(y, shots, n_val, n_test, rng_for(seed, name), name, classes)
     elif name == "textures":
-        regions = src.load_texture_regions(int(cfg.get("texture_patch", 28)))
+        regions = src.load_texture_regions(int(cfg["texture_patch"]))
         classes = list(src.TEXTURES)
         rng = rng_for(seed, name)
         out: dict[str, Split] = {}
@@ -194,7 +194,7 @@ def build_image_data(
     cfg: Mapping[str, Any], out_dir: Path, seed: int, progress: bool = True
 ) -> dict[str, Any]:
     """Build the source and every target into ``out_dir``; return the manifest (also written)."""
-    from transferlab.tracking import progress_bar
+    from transferlab.progress import progress_bar
 
     targets = list(cfg["targets"])
     unknown = [t for t in targets if t not in IMAGE_TARGETS]

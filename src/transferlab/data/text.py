@@ -67,6 +67,8 @@ from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import ConfigError
 from transferlab.io import atomic_dir, atomic_path, write_json
+from transferlab.schema import TextDataConf
+from transferlab.schema import defaults as schema_defaults
 
 if TYPE_CHECKING:
     import torch
@@ -76,37 +78,9 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 #: Special tokens, in id order: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 
-#: Defaults for ``build_text_data``; a cfg only needs the keys it changes.
-DEFAULT_TEXT_CFG: dict[str, Any] = {
-    # Pre-training source and targets (names from text_sources.SOURCES), in increasing shift.
-    "source": "news",
-    "targets": ["commons", "fortunes", "healthtweets", "kjv", "bundestag"],
-    # Tokeniser: BPE on the source train split, lower-cased; characters outside the
-    # `limit_alphabet` most frequent source characters become [UNK].
-    "vocab_size": 4000,
-    "min_frequency": 2,
-    "limit_alphabet": 100,
-    # Tokens per block / item (a model's max_len must be at least this).
-    "seq_len": 64,
-    # Source size cap: 800 of the 3,757 news articles (~460k words, ~570k tokens) keep the
-    # build and CPU pre-training fast; null = all of them.
-    "max_source_docs": 800,
-    # Document fractions held out for val/test, for the source and the LM-only targets.
-    "val_frac": 0.1,
-    "test_frac": 0.1,
-    # Classification targets: per-class counts; val/test are held out before the few-shot sample.
-    "shots_per_class": 32,
-    "val_per_class": 64,
-    "test_per_class": 200,
-    # Caps on target LM blocks (unlabelled pool; val/test), taken after a seeded shuffle.
-    "max_unlabelled_blocks": 2000,
-    "max_eval_blocks": 400,
-    # Keyword arguments for a source's loader, by source name.
-    "loader_options": {
-        "fortunes": {"categories": ["computers", "politics", "science", "songs-poems"]},
-        "healthtweets": {"min_tweets": 1000},
-    },
-}
+#: Defaults for ``build_text_data``: the schema's (``data.text``, :class:`transferlab.schema.TextDataConf`);
+#: the composed config holds every key, a direct caller's cfg only needs the keys it changes.
+DEFAULT_TEXT_CFG: dict[str, Any] = schema_defaults(TextDataConf)
 
 
 # --------------------------------------------------------------------------- tokenizer helpers
