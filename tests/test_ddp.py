@@ -20,7 +20,7 @@ N_TRAIN, N_VAL, BATCH, WORLD = 512, 64, 128, 2
 def test_ddp_config_builds_a_two_process_gloo_trainer() -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
-    from transferlab.stages.common import make_trainer
+    from transferlab.training import make_trainer
 
     cfg = compose(["trainer=ddp"], config_dir=ROOT / "conf")
     trainer = make_trainer(cfg.trainer, max_epochs=1, distributed=True)
@@ -36,8 +36,8 @@ def test_ddp_config_builds_a_two_process_gloo_trainer() -> None:
 def test_gpu_config_compiles_in_place_and_keeps_checkpoint_keys() -> None:
     from torch import nn
 
-    from transferlab.stages.callbacks import DeviceTuning
-    from transferlab.stages.common import make_trainer
+    from transferlab.callbacks import DeviceTuning
+    from transferlab.training import make_trainer
 
     cfg = compose(
         ["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"],

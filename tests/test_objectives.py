@@ -91,7 +91,7 @@ def fit(
     logger: Any = False,
     n_train: int = 512,
 ) -> list[float]:
-    from transferlab.stages.common import make_trainer, seed_all
+    from transferlab.training import make_trainer, seed_all
 
     seed_all(seed)
     rec = StepLosses()

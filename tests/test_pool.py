@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab.stages.pool import (
+from transferlab.pool import (
     FitLog,
     fit_pool,
     fit_workers,

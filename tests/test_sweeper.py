@@ -7,7 +7,7 @@ over seven learning rates chosen so that every outcome is known in advance:
     0.03 0.05 0.07 0.1   learn               -> COMPLETE, or PRUNED when behind the median
     1e-6                 never leaves chance -> PRUNED (last in the grid, after >= 2 completions)
     1e9                  diverges            -> FAIL (TrainingError: train/loss became nan/inf)
-    -1                   invalid             -> FAIL (ConfigError: finetune.lr=-1 must be > 0)
+    -1                   invalid             -> FAIL (ConfigError: finetune.lr=-1.0 must be > 0)
 
 with n_trials=5 (COMPLETE + PRUNED) and 2 failures allowed. The first sweep process is killed
 (SIGKILL) once two trials have finished; re-running the same command must finish the study.
@@ -425,7 +425,7 @@ def test_failed_trials_are_recorded_with_the_reason(swept: SimpleNamespace) -> N
         if not t.user_attrs.get("interrupted")
     }
     assert set(failed) == {1e9, -1}
-    assert failed[-1].startswith("ConfigError: finetune.lr=-1 must be > 0")
+    assert failed[-1].startswith("ConfigError: finetune.lr=-1.0 must be > 0")
     assert re.match(r"TrainingError: train/loss became (nan|inf|-inf)", failed[1e9])
     # the sweep went on after them: later trials exist and the study is complete
     numbers = {

@@ -22,8 +22,8 @@ from transferlab.models.text_encoder import TextEncoder
 from transferlab.objectives.clm import CausalLM
 from transferlab.objectives.losses import mlm_mask_tokens
 from transferlab.objectives.mlm import MaskedLM, mlm_head
+from transferlab.routes import get_route, text
 from transferlab.shift.text import kept_ids, token_shift
-from transferlab.stages import text
 
 V = 50
 SPECIAL = (0, 1, 2, 3, 4)
@@ -112,7 +112,7 @@ def test_trimming_padding_leaves_outputs_unchanged(cls: type) -> None:
     (trimmed,) = text.trim_padding((ids,))
     assert trimmed.shape == (3, 9)
     assert torch.allclose(model(trimmed), model(ids), atol=1e-5)
-    loader = text.make_loader(ids, torch.arange(3), batch_size=2, shuffle=False)
+    loader = text.text_loader(ids, torch.arange(3), batch_size=2, shuffle=False)
     assert [b[0].shape[1] for b in loader] == [9, 2]
 
 
@@ -120,7 +120,7 @@ def test_text_loader_draws_the_image_loaders_order() -> None:
     from transferlab.data.loaders import make_loader
 
     x, y = _ids(10, 4), torch.arange(10)
-    ours = [b[1].tolist() for b in text.make_loader(x, y, batch_size=3, shuffle=True, seed=5)]
+    ours = [b[1].tolist() for b in text.text_loader(x, y, batch_size=3, shuffle=True, seed=5)]
     theirs = [b[1].tolist() for b in make_loader(x, y, batch_size=3, shuffle=True, seed=5)]
     assert ours == theirs
 
@@ -244,7 +244,7 @@ def test_text_curves_config_is_validated_per_route(cfg, override: dict, message:
 
 
 def test_curves_subsets_keep_texts_with_their_ids() -> None:
-    from transferlab.stages.curves import nested_subset, subset_split
+    from transferlab.stages.fit import nested_subset, subset_split
 
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     split = {"x": torch.arange(12).reshape(6, 2), "y": y, "text": list("abcdef")}
@@ -257,7 +257,7 @@ def test_curves_subsets_keep_texts_with_their_ids() -> None:
 
 
 def test_primary_objective_is_per_route(cfg) -> None:
-    assert primary_objective(cfg, "image") == str(cfg.objective)
+    assert primary_objective(cfg, "image") == str(cfg.pretrain.image.primary) == "mae"
     assert primary_objective(cfg, "text") == "mlm"
     text_cfg = OmegaConf.merge(cfg, {"route": "text", "logger": {"enabled": False}})
     for stage in ("data", "finetune", "evaluate", "shift-analysis"):
@@ -266,7 +266,7 @@ def test_primary_objective_is_per_route(cfg) -> None:
     with pytest.raises(
         ConfigError, match="objective='mae' is not allowed; choose one of: mlm, clm"
     ):
-        validate(text_cfg, "pretrain")
+        validate(OmegaConf.merge(text_cfg, {"objective": "mae"}), "pretrain")
 
 
 @pytest.mark.parametrize(
@@ -276,7 +276,7 @@ def test_primary_objective_is_per_route(cfg) -> None:
         ({"objectives": {"mlm": {"model": "nope"}}}, "objectives.mlm.model='nope' names no"),
         ({"finetune": {"freeze_depth": 3}}, "beyond the text backbones' depth 2"),
         ({"model": {"text": {"encoder": {"max_len": 8}}}}, "max_len must be >= data.text.seq_len"),
-        ({"data": {"text": {"seq_len": 2}}}, "seq_len must be at least 4, got 2"),
+        ({"data": {"text": {"seq_len": 2}}}, "data.text.seq_len=2 must be >= 4"),
     ],
 )
 def test_text_config_errors_name_the_key(cfg, override: dict, message: str) -> None:
@@ -285,10 +285,9 @@ def test_text_config_errors_name_the_key(cfg, override: dict, message: str) -> N
         validate(bad, "evaluate" if "primary" in str(override) else None)
 
 
-def test_dapt_and_text_objectives_are_refused_on_the_image_route(cfg) -> None:
+def test_text_objectives_are_refused_on_the_image_route(cfg) -> None:
     image = OmegaConf.merge(cfg, {"logger": {"enabled": False}})
-    with pytest.raises(ConfigError, match="text route only"):
-        validate(OmegaConf.merge(image, {"finetune": {"dapt_epochs": 1}}), "finetune")
+    validate(OmegaConf.merge(image, {"finetune": {"dapt_epochs": 1}}), "finetune")  # both routes
     with pytest.raises(ConfigError, match="'mlm' pre-trains the text route"):
         validate(OmegaConf.merge(image, {"pretrain": {"image": {"objectives": ["mlm"]}}}), None)
 
@@ -297,7 +296,7 @@ def test_minilm_entry_composes_as_a_hub_variant() -> None:
     cfg = compose(["model/text=minilm"])
     assert cfg.model.text.minilm.pretrained is True
     assert set(cfg.model.text) == {"encoder", "decoder", "minilm"}
-    assert text.hub_keys(cfg) == ["minilm"]
+    assert get_route(cfg, "text").hub_keys() == ["minilm"]
 
 
 # --------------------------------------------------------------------------- MiniLM
@@ -402,30 +401,31 @@ def test_text_shift_has_every_measure_with_block_bootstrap_intervals(tiny_pipeli
     from transferlab.shift.measures import correlation_table
 
     shift = json.loads((tiny_pipeline / "reports/text/shift.json").read_text())
-    assert set(shift["estimators"]) == set(text.SHIFT_MEASURES)
+    assert set(shift["estimators"]) == set(text.TextRoute.shift_measures)
     assert shift["n_boot"] == 20  # conf/debug/tiny.yaml
     for target, row in shift["targets"].items():
         # Every measure is finite for every target, the unlabelled ones included.
-        for m in text.SHIFT_MEASURES:
+        for m in text.TextRoute.shift_measures:
             assert isinstance(row[m], float) and math.isfinite(row[m]), (target, m)
         assert 0.0 < row["js_input"] <= math.log(2)
         assert 0.0 <= row["pad_feature"] <= 2.0 and 0.0 <= row["overlap_topk"] <= 1.0
         assert row["kl_feature"] > 0 and row["test_ppl"] > 1.0
-        assert set(row["ci"]) == set(text.CI_MEASURES), target
+        assert set(row["ci"]) == set(text.TextRoute.ci_measures), target
         for m, (lo, hi) in row["ci"].items():
             point = row[m]
             assert math.isfinite(lo) and lo <= hi, (target, m)
-            # README: a divergence's interval brackets its (upward-biased plug-in) point estimate
-            # or lies above it; the top-k overlap's brackets it or lies below it.
+            # docs/output-contract.md: a divergence's interval brackets its (upward-biased
+            # plug-in) point estimate or lies above it; the top-k overlap's brackets it or lies
+            # below it.
             if m == "overlap_topk":
                 assert 0.0 <= lo <= point + 1e-9 and hi <= 1.0, (target, lo, point, hi)
             else:
                 assert hi >= point - 1e-9, (target, m, lo, point, hi)
     # Correlations: every measure, over the labelled targets only.
     assert shift["correlated_targets"] == LABELLED
-    assert set(shift["correlations"]) == set(text.SHIFT_MEASURES)
+    assert set(shift["correlations"]) == set(text.TextRoute.shift_measures)
     labelled = {t: shift["targets"][t] for t in LABELLED}
-    assert shift["correlations"] == correlation_table(labelled, list(text.SHIFT_MEASURES))
+    assert shift["correlations"] == correlation_table(labelled, list(text.TextRoute.shift_measures))
     assert shift["spearman_kl_gain"] == shift["correlations"]["kl_input"]["spearman"]
     plots = tiny_pipeline / "reports/text/plots"
     for png in ("kl_vs_gain.png", "shift_vs_gain.png"):

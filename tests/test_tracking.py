@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.tracking import StageRun, flatten, mask_secret, progress_bar
+from transferlab.progress import progress_bar
+from transferlab.tracking import StageRun, flatten, mask_secret
 
 
 def _tiny_fit(progress: bool) -> None:
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from transferlab.stages.common import make_trainer
+    from transferlab.training import make_trainer
 
     trainer = make_trainer(
         {"enable_progress_bar": progress}, max_epochs=1, limit_train_batches=2, limit_val_batches=1

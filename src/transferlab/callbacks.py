@@ -1,5 +1,4 @@
-"""The Lightning callbacks the stages share (kept out of :mod:`transferlab.stages.common`, whose
-light helpers must not pay for ``import lightning``)."""
+"""The Lightning callbacks every fit shares: the epoch history, device tuning, a throttled bar."""
 
 from __future__ import annotations
 

@@ -11,12 +11,21 @@ User errors print one line (``transferlab: error: ...``) and exit 2; set ``TRANS
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from transferlab import config, warm
 from transferlab.config import STAGES
+from transferlab.errors import TransferlabError
+from transferlab.io import write_text
+from transferlab.tracking import interrupted
 
 DEBUG_VARS = ("TRANSFERLAB_DEBUG", "HYDRA_FULL_ERROR")
 
@@ -54,10 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from transferlab.config import params_yaml
-    from transferlab.io import write_text
-
-    text = params_yaml(args.overrides)
+    text = config.params_yaml(args.overrides)
     out = Path(args.out)
     if args.check:
         if not out.exists() or out.read_text() != text:
@@ -73,8 +79,6 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    from transferlab import config
-
     cfg = config.load(args.params, args.overrides)
     stage = args.command
     config.validate(cfg, None if stage == "validate" else stage)
@@ -82,8 +86,6 @@ def _run_stage(args: argparse.Namespace) -> int:
         print("config OK")
         return 0
     os.environ.setdefault("TRANSFERLAB_DVC_STAGE", os.environ.get("DVC_STAGE", stage))
-    from rich.console import Console
-
     label = f"{stage} route={cfg.route}" + (
         f" objective={cfg.objective}" if stage == "pretrain" else ""
     )
@@ -92,9 +94,11 @@ def _run_stage(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     module = {"shift-analysis": "shift"}.get(stage, stage)
-    import importlib
+    # Imported here, not at the top: `--help`, `params` and `validate` must not pay ~5-8 s of
+    # torch/Lightning/MLflow imports (measured, design.md §1).
+    from transferlab.runtime import StageRuntime
 
-    importlib.import_module(f"transferlab.stages.{module}").run(cfg)
+    importlib.import_module(f"transferlab.stages.{module}").run(cfg, StageRuntime(cfg))
     Console(stderr=True).print(
         f"[bold green]✓[/] {label} done in {time.perf_counter() - t0:.1f}s", highlight=False
     )
@@ -102,11 +106,10 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transferlab.errors import TransferlabError
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    from transferlab import warm
-
+    if argv[:1] == [warm.SERVE_FLAG] and len(argv) == 2:  # the warm-start server (warm.py)
+        warm.serve(Path(argv[1]), run=main, finish=before_exit)
+        return 0
     if warm.enabled(argv) and (code := warm.run_warm(argv)) is not None:
         return code
     args = _parser().parse_args(argv)
@@ -119,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transferlab: error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit, Exception) as exc:
-        from transferlab.tracking import interrupted
-
         if interrupted(exc):  # also Lightning's sys.exit(1) after it caught Ctrl-C during fit
             print("transferlab: interrupted", file=sys.stderr)
             return 130
@@ -137,9 +138,6 @@ def main(argv: list[str] | None = None) -> int:
 def before_exit() -> None:
     """What a normal interpreter exit does before tearing down: join the threads still working,
     run the atexit hooks (MLflow, logging), flush."""
-    import atexit
-    import threading
-
     for t in threading.enumerate():
         if t is not threading.main_thread() and not t.daemon:
             t.join()
@@ -160,4 +158,6 @@ def entry() -> None:
 
 
 if __name__ == "__main__":
-    entry()
+    from transferlab.cli import entry as _entry  # the package's module, as the console script
+
+    _entry()

@@ -7,6 +7,7 @@ file system); directories are built in a temporary sibling and swapped in with o
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -64,8 +65,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
     """``torch.save`` through a buffer: saving to a path embeds the (temporary) file name in the
     archive, so identical tensors would give different bytes and DVC would see a change."""
-    import io
-
+    # lazy: torch costs ~1.2 s of import; the CLI imports this module for --help/params/validate
     import torch
 
     buf = io.BytesIO()

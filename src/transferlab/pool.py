@@ -1,4 +1,8 @@
-"""Independent fine-tuning fits of one stage, run side by side in worker processes.
+"""The fit executor: a stage's independent fine-tuning fits, run side by side in worker processes.
+
+:func:`fit_executor` is the one way fits run (finetune, curves, the sweep trial): it hands each
+:class:`~transferlab.study.Fit` to :func:`transferlab.stages.fit.run_fit` in a worker (or in
+process) and yields :class:`~transferlab.study.FitResult` values in submission order.
 
 Why: a few-shot fit trains on batches of 32, too small for torch's intra-op threads to pay off: on
 the 2-core machine one ConvNet step (forward, backward, AdamW) takes 32.5 ms on two threads and
@@ -27,14 +31,20 @@ import contextlib
 import io
 import multiprocessing
 import os
+import pickle
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning.pytorch.loggers import Logger
+
+from transferlab.routes import Route
+from transferlab.stages.fit import run_fit
+from transferlab.study import Fit, FitResult
 
 #: What forked workers inherit from the stage: set by :func:`fit_pool` before the fork.
 _SHARED: dict[str, Any] = {}
@@ -109,7 +119,6 @@ class FitLog:
 
 def recording_logger(log: FitLog) -> Any:
     """A Lightning logger that appends to ``log`` (replayed into MLflow by the parent)."""
-    from lightning.pytorch.loggers import Logger
 
     class RecordingLogger(Logger):
         @property
@@ -136,8 +145,6 @@ def recording_logger(log: FitLog) -> Any:
 def picklable(exc: Exception) -> Exception:
     """``exc`` if it survives the trip back to the parent, else a RuntimeError with its text
     (a result that cannot be unpickled would break the pool)."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
@@ -154,3 +161,79 @@ def pack_state(module: torch.nn.Module) -> bytes:
 
 def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------ the executor
+#: ``execute(fits, tracked=..., state=..., test_acc=...)``: the fits' results, in order.
+Executor = Callable[..., Iterator[FitResult]]
+
+
+def test_accuracy(route: Route, model: torch.nn.Module, data: Mapping[str, Any]) -> float:
+    """Accuracy on the target's test split (batched for speed: outputs equal up to rounding)."""
+    logits = route.predict(model, route.inputs(model.backbone, data["test"]), fast=True)
+    return round(float((logits.argmax(-1) == data["test"]["y"]).float().mean()), 6)
+
+
+def _fit_job(job: tuple[Fit, bool, bool, bool, Any]) -> FitResult:
+    """One fit, in a pool worker or in process: its history, weights (bytes), test accuracy, log."""
+    fit, tracked, want_state, want_test_acc, hooks = job
+    route: Route = shared("route")
+    data = shared("data")[fit.target]
+    log = FitLog()
+    try:
+        logger, callbacks = hooks if hooks is not None else (False, ())
+        if tracked:
+            logger = recording_logger(log)
+        model, history = run_fit(fit, route, data, shared("trainer"), logger, callbacks)
+        return FitResult(
+            fit,
+            history,
+            state=pack_state(model) if want_state else None,  # type: ignore[arg-type]
+            test_acc=test_accuracy(route, model, data) if want_test_acc else None,
+            log=log,
+        )
+    except Exception as exc:  # the parent logs the failed fit, then raises it
+        log.end_ms = log.end_ms or log.start_ms
+        return FitResult(fit, [], error=picklable(exc), log=log)
+
+
+@contextlib.contextmanager
+def fit_executor(
+    route: Route, datasets: Mapping[str, Any], trainer_cfg: Mapping[str, Any], n_fits: int
+) -> Iterator[Executor]:
+    """Run fits of ``route`` on ``datasets`` (target → data) on ``trainer.fit_workers`` workers.
+
+    ``execute(fits, tracked=False, state=True, test_acc=False, logger=False, callbacks=())``
+    yields one
+    :class:`~transferlab.study.FitResult` per fit, in order: with ``tracked`` the fit's metrics
+    are recorded for the caller's tracker, with ``state`` its weights come back (a state dict),
+    with ``test_acc`` its accuracy on the target's test split. Enter it before anything starts
+    threads (see :func:`fit_pool`).
+    """
+    inputs = {"route": route, "data": datasets, "trainer": trainer_cfg}
+    workers = fit_workers(trainer_cfg, n_fits)
+    with fit_pool(workers, inputs) as pmap:
+
+        def execute(
+            fits: Sequence[Fit],
+            *,
+            tracked: bool = False,
+            state: bool = True,
+            test_acc: bool = False,
+            logger: Any = False,
+            callbacks: Sequence[Any] = (),
+        ) -> Iterator[FitResult]:
+            """``logger``/``callbacks``: a Lightning logger and callbacks for in-process fits
+            (the sweep trial's MLflow run and pruning callback; they cannot cross a fork)."""
+            hooks = None
+            if logger is not False or callbacks:
+                if workers > 1:
+                    raise ValueError("a logger or callbacks need in-process fits (fit_workers: 1)")
+                hooks = (logger, tuple(callbacks))
+            jobs = [(f, tracked, state, test_acc, hooks) for f in fits]
+            for res in pmap(_fit_job, jobs):
+                if res.state is not None:
+                    res.state = unpack_state(res.state)  # type: ignore[arg-type]
+                yield res
+
+        yield execute

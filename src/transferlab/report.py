@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from transferlab.io import write_text
+
 SHIFT_COLUMNS = [
     ("kl_input", "KL input"),
     ("js_input", "JS input"),
@@ -173,8 +175,6 @@ def curves_section(path: Path) -> list[str]:
 
 
 def write_summary(reports: Path, routes: Sequence[str]) -> str:
-    from transferlab.io import write_text
-
     body = [
         "# transferlab: summary",
         "",

@@ -6,7 +6,7 @@
 
 A trial composes ``conf/`` (with the trial's overrides), validates it, fine-tunes ``sweep.target``
 from the primary objective's pre-trained backbone (``models/<route>/pretrain/<objective>/``, made
-by ``dvc repro``) with :func:`transferlab.stages.finetune.finetune_one` — the very function the
+by ``dvc repro``) through :func:`transferlab.pool.fit_executor` and :func:`transferlab.stages.fit.run_fit` — what the
 pipeline's finetune stage runs, so the exported best config reproduces the trial's number through
 ``dvc exp run`` — and returns ``sweep.metric`` of the validation split: the last epoch's value
 (``sweep.reduce=last``, the model the pipeline keeps) or the best epoch's (``best``).
@@ -26,10 +26,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from transferlab.config import conf_dir, validate
+from transferlab.config import conf_dir, primary_objective, validate
 from transferlab.errors import CheckpointError, ConfigError, TrainingError
+from transferlab.io import write_json
+from transferlab.pool import fit_executor
+from transferlab.routes import Route, get_route
+from transferlab.schema import REDUCE
+from transferlab.study import Init, Variant, by_name, fit_for, variants
+from transferlab.tracking import make_buffered_logger
+from transferlab.training import configure_torch
 
-REDUCE = ("last", "best")
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -65,7 +71,7 @@ def trial_spec(cfg: DictConfig) -> TrialSpec:
             f"sweep.target={target!r} is not a target of route {route}; allowed: {', '.join(targets)}"
         )
     pretrain = bool(node.get("pretrain", False))
-    variant = str(node.get("variant") or cfg.objective)
+    variant = str(node.get("variant") or primary_objective(cfg, route))
     allowed = [str(o) for o in (cfg.objectives if pretrain else cfg.pretrain[route].objectives)]
     if variant not in [*allowed, "scratch"]:
         raise ConfigError(
@@ -145,6 +151,7 @@ def _output_dir() -> Path:
 
 def _pretrain_here(cfg: DictConfig, spec: TrialSpec, out: Path) -> DictConfig:
     """Pre-train the trial's own backbone under ``out/models`` and point ``paths.models_dir`` there."""
+    from transferlab.runtime import StageRuntime
     from transferlab.stages import pretrain
 
     pcfg = OmegaConf.merge(
@@ -156,8 +163,16 @@ def _pretrain_here(cfg: DictConfig, spec: TrialSpec, out: Path) -> DictConfig:
         },
     )
     validate(pcfg, "pretrain")
-    pretrain.run(pcfg)
+    pretrain.run(pcfg, StageRuntime(pcfg))
     return OmegaConf.merge(pcfg, {"objective": cfg.objective})
+
+
+def trial_variant(cfg: DictConfig, spec: TrialSpec, route: Route) -> Variant:
+    """The variant a trial fine-tunes: one of the route's study (:func:`transferlab.study.variants`),
+    or, with ``sweep.pretrain``, the objective the trial pre-trains itself."""
+    if spec.pretrain:
+        return Variant(spec.variant, Init("pretrained", route.arch_key(spec.variant), spec.variant))
+    return by_name(variants(cfg, route))[spec.variant]
 
 
 def run_trial(cfg: DictConfig) -> float | list[float]:
@@ -166,24 +181,22 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
     spec = trial_spec(cfg)
 
     from hydra_plugins.transferlab_optuna_sweeper import trial_context
-    from transferlab.data.loaders import load_dataset
-    from transferlab.io import write_json
-    from transferlab.stages.common import configure_torch, route_dirs
-    from transferlab.stages.finetune import finetune_one
 
     configure_torch(cfg.trainer)
     out = _output_dir()
     run_cfg = cfg
     if spec.pretrain:
         run_cfg = _pretrain_here(cfg, spec, out)
-    elif spec.variant != "scratch":
-        backbone = route_dirs(cfg, spec.route)["pretrain"] / spec.variant / "backbone.pt"
+    route = get_route(run_cfg, spec.route)
+    variant = trial_variant(run_cfg, spec, route)
+    if variant.init.kind == "pretrained":
+        backbone = route.pretrained_path(str(variant.init.objective))
         if not backbone.exists():
             raise CheckpointError(
                 f"{backbone} is missing: run `dvc repro` (at least pretrain-{spec.route}) before "
                 "sweeping, or set sweep.pretrain=true"
             )
-    data = load_dataset(route_dirs(cfg, spec.route)["data"] / "targets" / f"{spec.target}.pt")
+    data = route.target_data(spec.target)
 
     ctx = trial_context()
     callbacks = []
@@ -193,13 +206,15 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
         )
     logger: Any = False
     if ctx is not None and ctx.mlflow_run_id and cfg.logger.get("enabled", True):
-        from transferlab.tracking import make_buffered_logger
-
         logger = make_buffered_logger(str(cfg.logger.tracking_uri), ctx.mlflow_run_id)
 
-    _, history = finetune_one(
-        run_cfg, spec.route, spec.target, spec.variant, data, logger, callbacks
-    )
+    fit = fit_for(run_cfg, spec.target, variant)
+    trainer_cfg = OmegaConf.merge(run_cfg.trainer, {"fit_workers": 1})  # the trial's own process
+    with fit_executor(route, {spec.target: data}, trainer_cfg, 1) as execute:
+        (res,) = execute([fit], state=False, logger=logger, callbacks=callbacks)
+    if res.error is not None:
+        raise res.error
+    history = res.history
     values = reduce_history(history, spec.metrics, spec.directions, spec.reduce)
     write_json(
         out / "result.json",

@@ -9,115 +9,20 @@ functions so that ``--help`` and config validation start fast.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from transferlab.errors import ConfigError
+from transferlab.config import check_tracking_uri  # noqa: F401  (lives in the core config module)
+from transferlab.process import in_child, pipeline_id
 
 SECRET_MARKERS = ("password", "secret", "token", "api_key", "apikey", "credential")
-
-
-class _LineProgress:
-    """Progress over fits that draw their own Lightning bar: one line per finished unit.
-
-    Lightning's ``RichProgressBar`` calls ``Console.clear_live()`` on the shared rich console when a
-    fit starts, which tears down any enclosing ``Live`` (and crashes its ``stop``), so a stage that
-    wraps fits reports its outer progress as plain lines instead of a second live bar.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        import time
-
-        from rich.console import Console
-
-        self._console = Console(stderr=True)
-        self._enabled = enabled
-        self._clock = time.monotonic
-        self._tasks: dict[int, dict[str, Any]] = {}
-
-    def add_task(self, description: str, total: int) -> int:
-        tid = len(self._tasks)
-        self._tasks[tid] = {"description": description, "total": total, "done": 0}
-        self._tasks[tid]["start"] = self._clock()
-        return tid
-
-    def update(self, task: int, *, description: str | None = None) -> None:
-        if description is not None:
-            self._tasks[task]["description"] = description
-
-    def advance(self, task: int, advance: int = 1) -> None:
-        t = self._tasks[task]
-        t["done"] += advance
-        if self._enabled:
-            secs = int(self._clock() - t["start"])
-            self._console.print(
-                f"{t['description']} done: {t['done']}/{t['total']}"
-                f" ({secs // 60}:{secs % 60:02d} elapsed)",
-                markup=False,
-                highlight=False,
-            )
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool = True, *, hosts_fits: bool = False) -> Iterator[Any]:
-    """A rich progress bar (a no-op one when disabled, e.g. in tests).
-
-    ``hosts_fits``: the work inside runs Lightning fits with their own live bar; the outer
-    progress is then printed line by line (see :class:`_LineProgress`).
-    """
-    if hosts_fits:
-        yield _LineProgress(enabled)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=False,
-    ) as bar:
-        yield bar
-
-
-def _proc_start(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        # Field 22 (starttime) follows the parenthesised command, which may itself contain spaces.
-        return f.read().rsplit(")", 1)[1].split()[19]
-
-
-def pipeline_id() -> str:
-    """An id shared by the stages of one ``dvc repro``.
-
-    ``TRANSFERLAB_PIPELINE_ID`` wins (``make run`` sets it); otherwise the nearest ancestor ``dvc``
-    process (pid + start time, so ids never repeat) identifies the run; outside DVC, this process.
-    """
-    if env := os.environ.get("TRANSFERLAB_PIPELINE_ID"):
-        return env
-    pid = os.getpid()
-    try:
-        cur = os.getppid()
-        for _ in range(16):
-            if cur <= 1:
-                break
-            cmd = Path(f"/proc/{cur}/cmdline").read_bytes().split(b"\0")
-            if any(Path(c.decode(errors="ignore")).name == "dvc" for c in cmd[:2]):
-                pid = cur
-                break
-            with open(f"/proc/{cur}/stat") as f:
-                cur = int(f.read().rsplit(")", 1)[1].split()[1])
-        key = f"{os.uname().nodename}-{pid}-{_proc_start(pid)}"
-    except OSError:
-        key = f"{os.uname().nodename}-{pid}"
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def git_commit(cwd: str | os.PathLike[str] = ".") -> str:
@@ -175,26 +80,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast, before any training, when the tracking store cannot be reached or written."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        parent = db.parent if str(db.parent) else Path(".")
-        if not parent.exists() or not os.access(parent, os.W_OK):
-            raise ConfigError(
-                f"logger.tracking_uri={uri}: directory '{parent}' is missing or not writable"
-            )
-    elif uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-        except Exception as exc:
-            raise ConfigError(
-                f"logger.tracking_uri={uri} is unreachable ({_one_line(exc)}); start the server or use sqlite:///mlflow.db"
-            ) from None
-
-
 def is_rank_zero() -> bool:
     """False in the processes a multi-process (DDP) launch adds: they must not track or write."""
     return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -239,10 +124,9 @@ class StageRun:
     def __enter__(self) -> StageRun:
         if not self.enabled:
             return self
+        # lazy: mlflow + torch cost ~2.2 s of import; the CLI imports this module at start-up
         import mlflow
         import torch
-
-        from transferlab import warm
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_name = str(self.logger_cfg.get("experiment", "transferlab"))
@@ -253,7 +137,7 @@ class StageRun:
             "dvc.stage": os.environ.get("TRANSFERLAB_DVC_STAGE", self.stage),
             "git.commit": git_commit(),
             "pipeline.id": pipeline_id(),
-            "process.warm": str(warm.in_child()).lower(),  # forked by the warm-start server
+            "process.warm": str(in_child()).lower(),  # forked by the warm-start server
             "process.torch_threads": str(torch.get_num_threads()),
             "mlflow.source.name": mask_secret("", "transferlab " + " ".join(sys.argv[1:])),
             **self.tags,
@@ -275,6 +159,7 @@ class StageRun:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if not self.enabled:
             return
+        # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
         import mlflow
 
         if exc is None:
@@ -292,12 +177,14 @@ class StageRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:
+            # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
             import mlflow
 
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if self.enabled and Path(path).exists():
+            # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
             import mlflow
 
             if Path(path).is_dir():
@@ -305,8 +192,16 @@ class StageRun:
             else:
                 mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if self.enabled:
+            # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
+            import mlflow
+
+            mlflow.set_tags(dict(tags))
+
     def log_text(self, text: str, name: str) -> None:
         if self.enabled:
+            # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
             import mlflow
 
             mlflow.log_text(text, name)
@@ -318,11 +213,12 @@ class StageRun:
         log: Any,
         error: BaseException | None = None,
     ) -> None:
-        """Replay a fit recorded by a pool worker (:class:`transferlab.stages.pool.FitLog`) into
+        """Replay a fit recorded by a pool worker (:class:`transferlab.pool.FitLog`) into
         a new child run of this stage run: its metrics with their own steps and timestamps, its
         start and end times, FINISHED (or FAILED with ``error`` as tag ``error``)."""
         if not self.enabled:
             return
+        # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
         import mlflow
         from mlflow.entities import Metric, Param
 
@@ -355,6 +251,7 @@ class StageRun:
         self, run_name: str, tags: Mapping[str, str] | None, start_ms: int | None = None
     ) -> str:
         """A new child run of this stage run; returns its id."""
+        # lazy: mlflow costs ~1.4 s of import; the CLI imports this module at start-up
         import mlflow
 
         child = mlflow.MlflowClient().create_run(
@@ -386,8 +283,7 @@ def make_buffered_logger(tracking_uri: str, run_id: str) -> Any:
     an exception alike). Lightning calls ``save()`` after every ``log_metrics``; flushing there cost
     one SQLite commit (~25 ms) per logged step and epoch, ~15 % of a default fine-tuning fit.
     """
-    import time
-
+    # lazy: lightning + mlflow cost ~5.7 s of import; the CLI imports this module at start-up
     from lightning.pytorch.loggers import MLFlowLogger
     from mlflow.entities import Metric
 

@@ -1,11 +1,4 @@
-"""Pieces every stage shares: seeding, trainer construction, paths and the per-epoch history.
-
-``lightning`` and ``torch`` are imported where they are used, not here: stages that only need
-:func:`route_dirs` (data, shift-analysis) would otherwise pay ~7 s of ``import lightning``
-(torchmetrics pulls in transformers and scipy) before doing any work. The callback classes,
-:class:`History`, :class:`DeviceTuning` and :class:`ThrottledRichProgressBar`, are built on first
-access (module ``__getattr__``).
-"""
+"""Training plumbing every fit shares: seeding, torch threads and the Lightning ``Trainer``."""
 
 from __future__ import annotations
 
@@ -13,12 +6,14 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+
+from transferlab.callbacks import DeviceTuning, ThrottledRichProgressBar
 
 # Lightning's per-Trainer banners (accelerator, sales tips) repeat once per fit and bury the
 # progress bars; warnings and errors still come through.
@@ -31,14 +26,10 @@ warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch (and dataloader workers) from one number."""
-    import lightning as L
-
     L.seed_everything(int(seed), workers=True, verbose=False)
 
 
 def configure_torch(trainer_cfg: Mapping[str, Any]) -> None:
-    import torch
-
     threads = trainer_cfg.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -59,11 +50,6 @@ def make_trainer(
 ) -> L.Trainer:
     """A Trainer from ``trainer_cfg``; only ``distributed=True`` callers (pre-training) get the
     config's multi-process ``strategy``/``devices``/``num_nodes``: few-shot fits stay one process."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from transferlab.stages.callbacks import DeviceTuning, ThrottledRichProgressBar
-
     progress = (
         bool(trainer_cfg.get("enable_progress_bar", True))
         and os.environ.get("TRANSFERLAB_NO_PROGRESS") != "1"
@@ -97,28 +83,12 @@ def make_trainer(
     )
 
 
-def route_dirs(cfg: Mapping[str, Any], route: str) -> dict[str, Path]:
-    paths = cfg.get("paths", {})
-    data = Path(paths.get("data_dir", "data")) / route
-    models = Path(paths.get("models_dir", "models")) / route
-    reports = Path(paths.get("reports_dir", "reports")) / route
-    return {
-        "data": data,
-        "manifest": data / "manifest.json",
-        "pretrain": models / "pretrain",
-        "finetune": models / "finetune",
-        "reports": reports,
-    }
-
-
 def _strategy(trainer_cfg: Mapping[str, Any]) -> Any:
     """``trainer.strategy`` (``ddp``: Lightning re-launches the command once per extra rank) with
     ``trainer.process_group_backend`` (gloo on CPU, nccl on GPUs)."""
     name = str(trainer_cfg.get("strategy") or "auto")
     backend = trainer_cfg.get("process_group_backend")
     if name in ("ddp", "ddp_spawn") and backend:
-        from lightning.pytorch.strategies import DDPStrategy
-
         method = "spawn" if name == "ddp_spawn" else "popen"
         return DDPStrategy(process_group_backend=str(backend), start_method=method)
     return name

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import selectors
@@ -44,8 +45,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import transferlab
+from transferlab.config import STAGES
+from transferlab.process import in_child, mark_child, pipeline_id
 
 #: Environment variables read when the modules are imported: they belong in the server's key.
 IMPORT_TIME_ENV = (
@@ -73,30 +80,26 @@ PRELOAD = (
     "transferlab.stages.shift",
     "transferlab.stages.curves",
     "transferlab.stages.summary",
-    "transferlab.stages.text",
-    "transferlab.stages.callbacks",
-    "transferlab.stages.pool",
+    "transferlab.routes.image",
+    "transferlab.routes.text",
+    "transferlab.runtime",
+    "transferlab.pool",
     "transferlab.tracking",
     "transferlab.resume",
     "transferlab.plots",
 )
 OFF = ("0", "false", "no", "off")
 _MAX_MSG = 1 << 20
-#: Set in a forked child: its stage runs right there, never warm again.
-_IN_CHILD = False
-
-
-def in_child() -> bool:
-    """Whether this process is a stage forked by the warm-start server."""
-    return _IN_CHILD
+#: The argument that makes ``python -m transferlab.cli`` a warm-start server.
+SERVE_FLAG = "--warm-serve"
+#: A stage command: ``run(argv) -> exit code``, then ``finish()`` before the child exits.
+Run = Callable[[list[str]], int]
 
 
 def enabled(argv: list[str]) -> bool:
     """Serve ``argv`` warm: a stage command run by DVC, unless ``TRANSFERLAB_WARM=0``."""
-    from transferlab.config import STAGES
-
     return (
-        not _IN_CHILD
+        not in_child()
         and os.environ.get("TRANSFERLAB_WARM", "1").strip().lower() not in OFF
         and "DVC_STAGE" in os.environ
         and bool(argv)
@@ -121,8 +124,6 @@ def runtime_dir() -> Path:
 def fingerprint(package_dir: Path | None = None, env: dict[str, str] | None = None) -> str:
     """What a server's imported state depends on: a new value means a new server."""
     if package_dir is None:
-        import transferlab
-
         package_dir = Path(transferlab.__file__).parent
     env = os.environ if env is None else env
     h = hashlib.sha256()
@@ -207,7 +208,7 @@ def _server(path: Path, timeout: float = 180.0) -> socket.socket | None:
             with open(path.with_suffix(".log"), "ab") as log:
                 proc = subprocess.Popen(
                     # -P, cwd: no project directory on sys.path; the child chdirs to the caller's
-                    [sys.executable, "-P", "-m", "transferlab.warm", "serve", str(path)],
+                    [sys.executable, "-P", "-m", "transferlab.cli", SERVE_FLAG, str(path)],
                     cwd=path.parent,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -237,8 +238,6 @@ def run_warm(argv: list[str]) -> int | None:
         with conn:
             sys.stdout.flush()
             sys.stderr.flush()
-            from transferlab.tracking import pipeline_id
-
             # the child's ancestors are the server's, not this `dvc repro`: name the pipeline here
             env = {**os.environ, "TRANSFERLAB_PIPELINE_ID": pipeline_id()}
             request = {
@@ -289,10 +288,9 @@ def _wait(conn: socket.socket, pid: int) -> int:
 
 
 # ------------------------------------------------------------------------------ the server
-def serve(path: Path, idle: float | None = None) -> None:
-    """Import :data:`PRELOAD`, listen on ``path``, fork a child per request; exit when idle."""
-    import importlib
-
+def serve(path: Path, run: Run, finish: Callable[[], None], idle: float | None = None) -> None:
+    """Import :data:`PRELOAD`, listen on ``path``, fork a child per request that calls
+    ``run(argv)`` then ``finish()`` (the CLI's main and exit hooks); exit when idle."""
     idle = float(os.environ.get("TRANSFERLAB_WARM_IDLE", "60")) if idle is None else idle
     stopping = False
 
@@ -326,7 +324,7 @@ def serve(path: Path, idle: float | None = None) -> None:
             for key, _ in sel.select(timeout=0.05):
                 if key.data is None:
                     conn, _ = listener.accept()
-                    pid = _fork_child(conn, listener, sel, children)
+                    pid = _fork_child(conn, listener, sel, children, run, finish)
                     if pid is None:
                         conn.close()
                         continue
@@ -380,6 +378,8 @@ def _fork_child(
     listener: socket.socket,
     sel: selectors.BaseSelector,
     children: dict[int, socket.socket],
+    run: Run,
+    finish: Callable[[], None],
 ) -> int | None:
     try:
         conn.settimeout(10)
@@ -405,10 +405,8 @@ def _fork_child(
             for other in children.values():
                 other.close()
             conn.close()
-            code = _child(req, fds)
+            code = _child(req, fds, run, finish)
         except BaseException:  # the child must end here whatever happens
-            import traceback
-
             traceback.print_exc()
         finally:
             with contextlib.suppress(Exception):
@@ -422,9 +420,8 @@ def _fork_child(
     return pid
 
 
-def _child(req: dict[str, Any], fds: list[int]) -> int:
-    global _IN_CHILD
-    _IN_CHILD = True
+def _child(req: dict[str, Any], fds: list[int], run: Run, finish: Callable[[], None]) -> int:
+    mark_child()
     os.setpgid(0, 0)  # its own group: the server and the caller signal it and its fit workers
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -439,13 +436,11 @@ def _child(req: dict[str, Any], fds: list[int]) -> int:
     sys.argv = list(req["argv"])
     with contextlib.suppress(Exception):  # stdout to a terminal is line-buffered, as in a cold run
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
-    from transferlab import cli
-
     try:
-        code = cli.main(sys.argv[1:])
+        code = run(sys.argv[1:])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    cli.before_exit()
+    finish()
     return int(code)
 
 
@@ -453,18 +448,3 @@ def stop(path: Path | None = None) -> bool:
     """Stop a server (default: this environment's) once its running stages end; True if one
     was running."""
     return _signal_server(path or socket_path(), signal.SIGTERM)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "serve":
-        serve(Path(argv[1]))
-        return 0
-    print("usage: python -m transferlab.warm serve SOCKET", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    from transferlab.warm import main as _main  # the package's module, whose state the child reads
-
-    sys.exit(_main())

@@ -10,15 +10,6 @@ Modules whose names start with ``_`` hold the Optuna-heavy code; Hydra's plugin 
 so composing a config (``transferlab params``, ``dvc exp run``) never imports Optuna or MLflow.
 """
 
-from typing import Any
+from hydra_plugins.transferlab_optuna_sweeper._job import TrialContext, trial_context
 
 __all__ = ["TrialContext", "trial_context"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: the plugin scanner imports this package whenever Hydra starts.
-    if name in __all__:
-        from hydra_plugins.transferlab_optuna_sweeper import _job
-
-        return getattr(_job, name)
-    raise AttributeError(name)

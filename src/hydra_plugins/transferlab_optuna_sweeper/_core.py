@@ -54,6 +54,7 @@ from hydra_plugins.transferlab_optuna_sweeper._study import (
     worker_id,
     worker_is_dead,
 )
+from hydra_plugins.transferlab_optuna_sweeper._tracking import Tracker, best_trials
 
 log = logging.getLogger("hydra_plugins.transferlab_optuna_sweeper")
 
@@ -195,8 +196,6 @@ class SweepRun:
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         mlflow_cfg = s.get("mlflow") or {}
         if mlflow_cfg.get("enabled"):
-            from hydra_plugins.transferlab_optuna_sweeper._tracking import Tracker
-
             self.tracker = Tracker(
                 mlflow_cfg.get("tracking_uri"), str(mlflow_cfg.get("experiment", "optuna"))
             )
@@ -498,8 +497,6 @@ class SweepRun:
     # ------------------------------------------------------------------ end
 
     def _best(self) -> list[Any]:
-        from hydra_plugins.transferlab_optuna_sweeper._tracking import best_trials
-
         return best_trials(self.study)
 
     def _finish(self, status: str) -> None:

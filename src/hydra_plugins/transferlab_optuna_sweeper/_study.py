@@ -23,6 +23,8 @@ from typing import Any
 
 import optuna
 from hydra.errors import CompactHydraException
+from optuna.storages import InMemoryStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
 
 from hydra_plugins.transferlab_optuna_sweeper._space import SearchSpace
 
@@ -55,9 +57,6 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def make_storage(url: str | None) -> Any:
-    from optuna.storages import InMemoryStorage, JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
     if url is None or url == "":
         return InMemoryStorage()
     if "://" in url:
@@ -208,6 +207,7 @@ def make_sampler(
         return s.NSGAIISampler(seed=seed, **kwargs)
     if name == "cmaes":
         try:
+            # lazy: an optional package (not a dependency), probed only for sampler=cmaes
             import cmaes  # noqa: F401
         except ImportError:
             raise SweeperConfigError(
@@ -219,6 +219,7 @@ def make_sampler(
         return s.CmaEsSampler(seed=seed, **kwargs)
     if name == "gp":
         try:
+            # lazy: torch + scipy cost ~1.2 s of import, probed only for sampler=gp
             import scipy  # noqa: F401
             import torch  # noqa: F401
         except ImportError:

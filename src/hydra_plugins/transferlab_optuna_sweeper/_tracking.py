@@ -16,6 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from optuna.trial import TrialState
+
+from transferlab.tracking import mask_secret
+
 PARENT_ATTR = "mlflow_parent_run_id"
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
@@ -32,6 +36,7 @@ def _git_commit() -> str:
 
 class Tracker:
     def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+        # lazy: mlflow costs ~1.1 s of import; a sweep imports this module with MLflow off too
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -97,9 +102,8 @@ class Tracker:
         return closed
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        # lazy: mlflow costs ~1.1 s of import; a sweep imports this module with MLflow off too
         from mlflow.entities import Param
-
-        from transferlab.tracking import mask_secret
 
         items = [Param(str(k)[:250], mask_secret(str(k), str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -127,6 +131,7 @@ class Tracker:
     def close_child(
         self, run_id: str, frozen: Any, metric_names: Sequence[str], reason: str | None
     ) -> None:
+        # lazy: mlflow costs ~1.1 s of import; a sweep imports this module with MLflow off too
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
@@ -158,6 +163,7 @@ class Tracker:
     def close_parent(
         self, study: Any, metric_names: Sequence[str], counts: Mapping[str, int], status: str
     ) -> None:
+        # lazy: mlflow costs ~1.1 s of import; a sweep imports this module with MLflow off too
         from mlflow.entities import Metric, RunTag
 
         if self.parent_id is None:
@@ -177,8 +183,6 @@ class Tracker:
 
 def best_trials(study: Any) -> list[Any]:
     """The best trial (single objective) or the Pareto front, best first objective first."""
-    from optuna.trial import TrialState
-
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return []
     if len(study.directions) == 1:

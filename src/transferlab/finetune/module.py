@@ -26,6 +26,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.data.loaders import to_float
 from transferlab.errors import ConfigError, TrainingError
+from transferlab.finetune.alignment import ALIGNMENTS
+from transferlab.finetune.multitask import GradNorm, UncertaintyWeighting
+from transferlab.finetune.regularizers import l2_penalty, l2_sp_penalty, snapshot_params
+from transferlab.finetune.schedules import build_optimizer, build_scheduler, layerwise_lr_groups
+from transferlab.finetune.tasks import AUX_TASKS
 from transferlab.objectives.losses import supervised_ce
 
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm")
@@ -52,10 +57,6 @@ class FinetuneModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        from transferlab.finetune.multitask import GradNorm, UncertaintyWeighting
-        from transferlab.finetune.regularizers import snapshot_params
-        from transferlab.finetune.tasks import AUX_TASKS
-
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
@@ -130,8 +131,6 @@ class FinetuneModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- losses
     def _task_losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from transferlab.finetune.tasks import AUX_TASKS
-
         logits = self(x)
         losses = [supervised_ce(logits, y, self.label_smoothing)]
         for t in self.tasks:
@@ -140,8 +139,6 @@ class FinetuneModule(L.LightningModule):
         return torch.stack(losses), logits
 
     def _regulariser(self) -> torch.Tensor:
-        from transferlab.finetune.regularizers import l2_penalty, l2_sp_penalty
-
         if self.reg_name == "l2":
             return float(self.reg.get("coef", 0.0)) * l2_penalty(
                 p for p in self.model.parameters() if p.requires_grad
@@ -159,8 +156,6 @@ class FinetuneModule(L.LightningModule):
         return torch.zeros((), device=self.device)
 
     def _alignment(self, x: torch.Tensor) -> torch.Tensor:
-        from transferlab.finetune.alignment import ALIGNMENTS
-
         idx = torch.randint(0, len(self.source_x), (self.align_batch,), generator=self._gen)
         f_src = self.model.backbone(to_float(self.source_x[idx].to(x.device)))
         f_tgt = self.model.backbone(to_float(x))
@@ -238,8 +233,6 @@ class FinetuneModule(L.LightningModule):
         )
         self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(y), prog_bar=True)
         if self.tasks:
-            from transferlab.finetune.tasks import AUX_TASKS
-
             gen = torch.Generator().manual_seed(batch_idx)  # the same auxiliary labels every epoch
             for t in self.tasks:
                 xa, ya = AUX_TASKS[t][0](x, gen)
@@ -252,12 +245,6 @@ class FinetuneModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        from transferlab.finetune.schedules import (
-            build_optimizer,
-            build_scheduler,
-            layerwise_lr_groups,
-        )
-
         if self.layerwise_decay:
             groups: list[dict[str, Any]] = layerwise_lr_groups(
                 self.model, self.lr, float(self.layerwise_decay), self.weight_decay

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from transferlab.errors import CheckpointError
 from transferlab.io import save_torch
+from transferlab.models.cnn import Classifier
 
 FORMAT = "transferlab-backbone/1"
 ALLOWED_TARGET_PREFIX = "transferlab.models."
@@ -26,8 +28,6 @@ ALLOWED_TARGET_PREFIX = "transferlab.models."
 
 def build_backbone(arch: Mapping[str, Any]) -> nn.Module:
     """Instantiate a backbone from its config; only classes under ``transferlab.models`` are allowed."""
-    from hydra.utils import instantiate
-
     target = str(arch.get("_target_", ""))
     if not target.startswith(ALLOWED_TARGET_PREFIX):
         raise CheckpointError(
@@ -123,8 +123,6 @@ def save_classifier(
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a fine-tuned classifier (backbone + linear head) saved by the finetune stage."""
-    from transferlab.models.cnn import Classifier
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} is missing: run the finetune stage (dvc repro)")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from transferlab.errors import ConfigError
@@ -51,8 +52,6 @@ def model_dir() -> Path:
 
 @lru_cache(maxsize=2)
 def _tokenizer(path: str, max_len: int) -> Any:
-    from tokenizers import Tokenizer
-
     tok = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
     tok.enable_truncation(max_length=max_len)
     tok.enable_padding(pad_id=0, pad_token="[PAD]", length=max_len)
@@ -65,6 +64,7 @@ class MiniLM(nn.Module):
     def __init__(self, pretrained: bool = True, max_len: int = 64, dropout: float = 0.1) -> None:
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # lazy: optional [hf] extra, must follow HF_HUB_OFFLINE=1; ~2.5 s of import on top of torch
         from transformers import BertConfig, BertModel
         from transformers.utils import logging as hf_logging
 
@@ -78,6 +78,7 @@ class MiniLM(nn.Module):
             )
         bert = BertModel(config, add_pooling_layer=False)
         if pretrained:
+            # lazy: optional [hf] extra (comes with transformers); ~0 s once transformers is loaded
             from safetensors.torch import load_file
 
             state = load_file(str(path / "model.safetensors"))

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from transferlab.data.loaders import to_float
 from transferlab.errors import TrainingError
 
 
 class PretrainModule(L.LightningModule):
     """Base class: subclasses implement ``step(batch) -> dict of losses`` with a ``loss`` entry."""
+
+    #: Whether ``step`` reads labels (``batch[1]``): such an objective cannot continue on a
+    #: target's unlabelled inputs (domain-adaptive pre-training).
+    uses_labels: bool = False
 
     def __init__(
         self,
@@ -117,8 +123,6 @@ class PretrainModule(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.warmup_steps <= 0:
             return opt
-        from functools import partial
-
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, partial(_linear_warmup, warmup=self.warmup_steps)
         )
@@ -133,8 +137,6 @@ def _linear_warmup(step: int, warmup: int) -> float:
 def recalibrate_norm_stats(backbone: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     """Reset BatchNorm running statistics and re-estimate them as the plain average over
     ``batches`` of real inputs (momentum ``None``), the other layers in eval mode."""
-    from transferlab.data.loaders import to_float
-
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from transferlab.data.loaders import to_float
@@ -144,8 +145,6 @@ class GAN(PretrainModule):
 
     def log_samples(self, logger: Any, epoch: int, name: str = "samples") -> None:
         """Sample grid from fixed noise → MLflow artifact ``<name>/epoch_XX.png``."""
-        from lightning.pytorch.loggers import MLFlowLogger
-
         if not isinstance(logger, MLFlowLogger):
             return
         fixed = torch.Generator().manual_seed(self.rng_seed(2))

@@ -96,6 +96,7 @@ def _encode(model_dir: str, captions: tuple[str, ...]) -> Tensor:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
+        # lazy: optional [hf] extra, must follow the *_OFFLINE=1 above; ~0.9 s on top of pretrain
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise DataSourceError(
@@ -115,6 +116,7 @@ def caption_embeddings(class_names: Sequence[str], templates: Sequence[str]) -> 
 
 
 class ImageText(PretrainModule):
+    uses_labels = True
     norm_recalibration_batches = 10  # BatchNorm statistics of the final weights
 
     def __init__(

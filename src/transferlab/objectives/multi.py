@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from transferlab.errors import ConfigError
@@ -60,8 +63,6 @@ def check_weights(weights: Mapping[str, Any], allowed: list[str]) -> dict[str, f
 
 
 def _plain(node: Any) -> Any:
-    from omegaconf import DictConfig, OmegaConf
-
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
@@ -78,8 +79,6 @@ class MultiObjective(PretrainModule):
         warmup_steps: int = 0,
         max_batches: int | None = None,
     ) -> None:
-        from hydra.utils import instantiate
-
         super().__init__(backbone, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
         self.max_batches = max_batches
         # With `_recursive_: false` Hydra hands the parts' configs over unconverted.
@@ -159,8 +158,6 @@ class MultiObjective(PretrainModule):
         gen_opts = [self.parts[n].generator_optimizer() for n in self.adversarial_parts]
         if self.warmup_steps <= 0:
             return [opt, *gen_opts]
-        from functools import partial
-
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, partial(_linear_warmup, warmup=self.warmup_steps)
         )

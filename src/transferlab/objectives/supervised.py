@@ -20,6 +20,7 @@ from transferlab.objectives.losses import supervised_ce
 
 
 class Supervised(PretrainModule):
+    uses_labels = True
     norm_recalibration_batches = 10  # BatchNorm statistics of the final weights
 
     def __init__(

@@ -14,9 +14,6 @@ Choosing an estimator (details and biases in each docstring):
   :func:`mmd_rbf` (a kernel distance, not a KL; well-behaved two-sample statistic),
   :func:`proxy_a_distance` (how separable the domains are for a linear classifier);
 * uncertainty and analysis: :func:`bootstrap_ci`, :func:`correlations`.
-
-scipy submodules and scikit-learn are imported inside the functions that use them: importing
-``scipy.stats`` or ``sklearn`` costs about a second, which every CLI start-up would otherwise pay.
 """
 
 from __future__ import annotations
@@ -27,6 +24,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
+from scipy.stats import pearsonr, spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 __all__ = [
     "bootstrap_ci",
@@ -501,8 +505,6 @@ def knn_kl(x_source: ArrayLike, x_target: ArrayLike, k: int = 5) -> float:
     variance and raises bias. Cost O((n + m) log(n + m)) in low ``d``; the tree degrades towards
     brute force above ~20 dimensions.
     """
-    from scipy.spatial import cKDTree
-
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
@@ -568,8 +570,6 @@ def mmd_rbf(
     distribution, so it is often slightly negative (order ``1/n``); do not clip it before averaging.
     Needs at least 2 points per side.
     """
-    from scipy.spatial.distance import cdist
-
     xs, ys = _pair(x, y)
     if max_n is not None and max_n < 2:
         raise ValueError(f"max_n must be >= 2 or None, got {max_n!r}")
@@ -638,11 +638,6 @@ def proxy_a_distance(
     cast, resolution artefacts) that separate the data sets perfectly, so it carries no information
     about transfer there; this is why the pipeline also measures it on learned features.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     n_folds = int(n_folds)
@@ -734,8 +729,6 @@ def correlations(x: ArrayLike, y: ArrayLike) -> dict[str, float]:
     (robust to outliers and to the scale of the shift measure), Pearson linear association; with
     the handful of targets typical of a transfer study the p-values are weak evidence either way.
     """
-    from scipy import stats
-
     xa = np.asarray(x, dtype=np.float64).ravel()
     ya = np.asarray(y, dtype=np.float64).ravel()
     if xa.shape != ya.shape:
@@ -745,8 +738,8 @@ def correlations(x: ArrayLike, y: ArrayLike) -> dict[str, float]:
     nan = {"spearman": math.nan, "spearman_p": math.nan, "pearson": math.nan, "pearson_p": math.nan}
     if xa.size < 3 or np.all(xa == xa[0]) or np.all(ya == ya[0]):
         return nan
-    spearman = stats.spearmanr(xa, ya)
-    pearson = stats.pearsonr(xa, ya)
+    spearman = spearmanr(xa, ya)
+    pearson = pearsonr(xa, ya)
     return {
         "spearman": float(spearman.statistic),
         "spearman_p": float(spearman.pvalue),

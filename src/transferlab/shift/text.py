@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
+
+from transferlab.shift.measures import DESCRIPTIONS, token_measures
 
 #: Ids left out of the token distributions: [PAD]=0, [CLS]=2, [SEP]=3, [MASK]=4 (data/text.py).
 LAYOUT_IDS: tuple[int, ...] = (0, 2, 3, 4)
@@ -67,8 +70,6 @@ def token_shift(
     source_ids: np.ndarray, target_ids: np.ndarray, vocab_size: int, alpha: float, top_k: int
 ) -> dict[str, float]:
     """``{"kl_input", "js_input", "overlap_topk"}`` for two flat arrays of kept token ids."""
-    from transferlab.shift.measures import token_measures
-
     index = _kept_index(vocab_size)
     n = int(index.max()) + 1
     # Counts over the kept vocabulary, so the smoothing covers exactly |V| types.
@@ -83,8 +84,6 @@ def block_counts(blocks: Iterable[torch.Tensor], vocab_size: int) -> Any:
     Row sums are the blocks' kept tokens; the column sums are the counts :func:`token_shift`
     takes from :func:`kept_ids` of the same blocks.
     """
-    from scipy import sparse
-
     ids = torch.cat([b.reshape(len(b), -1) for b in blocks]).numpy()
     index = _kept_index(vocab_size)
     n_blocks, length = ids.shape
@@ -100,8 +99,6 @@ def descriptions(
     vocab_size: int, alpha: float, top_k: int, primary: str, eps: float, n_max: int, knn_k: int
 ) -> dict[str, str]:
     """``shift.json``'s ``estimators``: what each text measure is, with the settings used."""
-    from transferlab.shift.measures import DESCRIPTIONS
-
     v = len(vocabulary(vocab_size))
     feats = f"'{primary}' backbone's pooled features of at most {n_max} LM blocks per side"
     return {

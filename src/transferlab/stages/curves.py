@@ -13,105 +13,43 @@ Every point is a full fine-tuning run with ``max_epochs`` epochs and the other `
 the test split is the same as the evaluate stage's. A fit on the whole training set with the
 configured ``finetune.freeze_depth`` appears on both curves (depth ``k`` = that depth, and the
 largest ``n`` when it covers every example); it runs once and is reused (the same config, data
-and seed give the same model, see the README's determinism note). Unlabelled text targets
+and seed give the same model, see docs/reliability.md). Unlabelled text targets
 (``task: lm``) have no classes and are skipped.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from transferlab.io import write_json
-from transferlab.stages.common import configure_torch, route_dirs
-from transferlab.tracking import StageRun, progress_bar
+from transferlab.plots import curve_panels
+from transferlab.progress import progress_bar
+from transferlab.routes import get_route
+from transferlab.stages.context import Runtime
+from transferlab.stages.fit import nested_subset
+from transferlab.study import Fit, by_name, fit_for, variants
+from transferlab.training import configure_torch
 
 
-def nested_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of the first ``n`` examples of each class in a seeded per-class permutation."""
-    g = torch.Generator().manual_seed(int(seed))
-    picks = []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)][:n])
-    return torch.sort(torch.cat(picks)).values
-
-
-def subset_split(split: Mapping[str, Any], idx: torch.Tensor) -> dict[str, Any]:
-    """The rows ``idx`` of every per-example field of a split (tensors, and lists such as raw texts)."""
-    n = len(split["y"])
-    rows = idx.tolist()
-    out: dict[str, Any] = {}
-    for key, value in split.items():
-        if torch.is_tensor(value) and value.ndim > 0 and len(value) == n:
-            out[key] = value[idx]
-        elif isinstance(value, list | tuple) and len(value) == n:
-            out[key] = [value[i] for i in rows]
-        else:
-            out[key] = value
-    return out
-
-
-def accuracy_on_test(model: torch.nn.Module, data: Mapping[str, Any], route: str) -> float:
-    """Accuracy on the target's test split (text: the backbone's own inputs, batched by length)."""
-    if route == "text":
-        from transferlab.stages import text
-
-        logits = text.predict(model, text.inputs(model.backbone, data["test"]), by_length=True)
-    else:
-        from transferlab.stages.evaluate import predict
-
-        logits = predict(model, data["test"]["x"])
-    return round(float((logits.argmax(-1) == data["test"]["y"]).float().mean()), 6)
-
-
-def _curve_job(job: tuple[DictConfig, str, str, str, int | None]) -> dict[str, Any]:
-    """One curve point: fine-tune on the whole training set (``n`` None) or on ``n`` per class,
-    return the test accuracy."""
-    from transferlab.stages.finetune import finetune_one
-    from transferlab.stages.pool import picklable, shared
-
-    cfg, route, target, variant, n = job
-    data = shared("data")[target]
-    try:
-        train = data
-        if n is not None:
-            idx = nested_subset(data["train"]["y"], n, cfg.seed)
-            train = {**data, "train": subset_split(data["train"], idx)}
-        model, _ = finetune_one(cfg, route, target, variant, train)
-        return {"acc": accuracy_on_test(model, data, route)}
-    except Exception as exc:
-        return {"error": picklable(exc)}
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    from transferlab.config import primary_objective
-    from transferlab.data.loaders import load_dataset
-    from transferlab.plots import curve_panels
-    from transferlab.stages.pool import fit_pool, fit_workers
-
-    route = str(cfg.route)
-    dirs = route_dirs(cfg, route)
-    ccfg = cfg.curves[route]
-    primary = primary_objective(cfg, route)
-    wanted = [str(t) for t in ccfg.get("targets") or []]
-    datasets = {
-        str(t): load_dataset(dirs["data"] / "targets" / f"{t}.pt")
-        for t in cfg.data[route].targets
-        if not wanted or str(t) in wanted
-    }
-    skipped = [t for t, d in datasets.items() if d.get("task", "classification") == "lm"]
+def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
+    route = get_route(cfg)
+    dirs = route.dirs
+    ccfg = cfg.curves[route.name]
+    primary = route.primary()
+    wanted = [str(t) for t in ccfg.targets or []]
+    datasets = {t: route.target_data(t) for t in route.targets() if not wanted or t in wanted}
+    skipped = [t for t, d in datasets.items() if not route.labelled(d)]
     datasets = {t: d for t, d in datasets.items() if t not in skipped}
     depths = [int(k) for k in ccfg.freeze_depths]
     shots = [int(n) for n in ccfg.shots]
     epochs = int(ccfg.max_epochs)
-    base_depth = int(cfg.finetune.get("freeze_depth", 0))
+    base_depth = int(cfg.finetune.freeze_depth)
+    arms = by_name(variants(cfg, route))
     out: dict[str, Any] = {
-        "route": route,
+        "route": route.name,
         "objective": primary,
         "max_epochs": epochs,
         "targets": {},
@@ -119,43 +57,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Every point is a fit (target, variant, depth, n per class; n None = the whole training
     # set). The whole-set fit at the configured depth sits on both curves: it runs once.
     # shot_key[(target, n)]: the n a fit with n per class runs on (None when that is every example)
-    points: dict[tuple[str, str, int, int | None], None] = {}
+    points: dict[tuple[str, str, int, int | None], Fit] = {}
     shot_key: dict[tuple[str, int], int | None] = {}
+
+    def point(target: str, variant: str, k: int, n: int | None) -> None:
+        knobs = {"freeze_depth": k, "max_epochs": epochs}
+        points[(target, variant, k, n)] = fit_for(
+            cfg, target, arms[variant], overrides=knobs, shots=n
+        )
+
     for target, data in datasets.items():
         for k in depths:
-            points[(target, primary, k, None)] = None
+            point(target, primary, k, None)
         for n in shots:
             idx = nested_subset(data["train"]["y"], n, cfg.seed)
             shot_key[(target, n)] = None if len(idx) == len(data["train"]["y"]) else n
             for variant in (primary, "scratch"):
-                points[(target, variant, base_depth, shot_key[(target, n)])] = None
-    # The fits' configs (a merge costs ~0.1 s on the whole config: build each once).
-    at_depth = {
-        k: OmegaConf.merge(cfg, {"finetune": {"freeze_depth": k, "max_epochs": epochs}})
-        for k in {*depths, base_depth}
-    }
-    jobs = [(at_depth[k], route, t, v, n) for t, v, k, n in points]
-    progress = bool(cfg.trainer.get("enable_progress_bar", True))
+                point(target, variant, base_depth, shot_key[(target, n)])
+    progress = bool(cfg.trainer.enable_progress_bar)
+    tags = {"route": route.name, "run_name": f"curves:{route.name}"}
     with (
-        fit_pool(fit_workers(cfg.trainer, len(jobs)), {"data": datasets}) as pmap,
-        StageRun(
-            cfg,
-            "curves",
-            tags={"route": route, "run_name": f"curves:{route}"},
-            manifest=dirs["manifest"],
-        ) as tr,
+        rt.executor(route, datasets, len(points)) as execute,
+        rt.track("curves", tags, dirs["manifest"]) as tr,
         progress_bar(progress, hosts_fits=True) as bar,
     ):
         configure_torch(cfg.trainer)  # after the fork: workers run one thread each
-        task = bar.add_task(f"curves[{route}]", total=len(jobs))
+        task = bar.add_task(f"curves[{route.name}]", total=len(points))
         for name in skipped:
-            print(f"curves[{route}]: skipping {name}: unlabelled (task lm)", file=sys.stderr)
+            print(f"curves[{route.name}]: skipping {name}: unlabelled (task lm)", file=sys.stderr)
         acc: dict[tuple[str, str, int, int | None], float] = {}
-        for point, res in zip(points, pmap(_curve_job, jobs), strict=True):
-            if "error" in res:
-                raise res["error"]
-            acc[point] = res["acc"]
-            bar.update(task, description=f"curves[{route}] {point[0]}/{point[1]}")
+        results = execute(list(points.values()), state=False, test_acc=True)
+        for key, res in zip(points, results, strict=True):
+            if res.error is not None:
+                raise res.error
+            acc[key] = float(res.test_acc)  # type: ignore[arg-type]
+            bar.update(task, description=f"curves[{route.name}] {key[0]}/{key[1]}")
             bar.advance(task)
         for target in datasets:
             freeze = {k: acc[(target, primary, k, None)] for k in depths}
@@ -193,13 +129,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             {t: {primary: d["freeze_depth"]} for t, d in out["targets"].items()},
             rep / "plots" / "freeze_depth.png",
             "frozen blocks k",
-            f"{route}: accuracy vs freezing depth ({primary}, {epochs} epochs)",
+            f"{route.name}: accuracy vs freezing depth ({primary}, {epochs} epochs)",
         )
         curve_panels(
             {t: d["shots"] for t, d in out["targets"].items()},
             rep / "plots" / "sample_efficiency.png",
             "labelled examples per class",
-            f"{route}: sample efficiency ({epochs} epochs)",
+            f"{route.name}: sample efficiency ({epochs} epochs)",
             logx=True,
         )
         for name in ("curves.json", "plots/freeze_depth.png", "plots/sample_efficiency.png"):

@@ -1,37 +1,39 @@
-"""Stage ``evaluate``: test every fine-tuned classifier with torchmetrics and report the gain.
+"""Stage ``evaluate``: test every fine-tuned classifier with torchmetrics and report the gains.
 
 Per target and variant: accuracy, macro-F1, NLL, expected calibration error (ECE, ``ece_bins``
 equal-width confidence bins, L1), the train/val/test loss and the generalisation gap
-``gen_gap = test/loss − train/loss``; per target, ``gain = acc(pretrained) − acc(scratch)`` where
-``pretrained`` is the primary objective (``objective`` in params.yaml). ``*/loss`` is the fine-tuning
-criterion (cross-entropy with ``finetune.label_smoothing``); ``test/nll`` is plain cross-entropy.
-
-The text route (:func:`transferlab.stages.text.evaluate_entry`) adds the perplexity of every
-pre-trained language model on each target's held-out text (``test/ppl``) and reports its
-unlabelled targets by perplexity only (``gain`` null); its primary objective is
-``pretrain.text.primary``.
+``gen_gap = test/loss − train/loss``; ``ood/acc`` on the target's OOD partner when the data stage
+named one; the route's extra rows (text: perplexity). WiSE-FT mixes ``<primary>/wise_<α>`` between
+the primary's linear probe and its full fine-tune are scored like variants. Per target,
+``gain = acc(pretrained) − acc(scratch)`` (``pretrained``: the route's primary objective) and
+``gains[v] = acc(v) − acc(v's scratch control)``. ``*/loss`` is the fine-tuning criterion
+(cross-entropy with ``finetune.label_smoothing``); ``test/nll`` is plain cross-entropy.
+Targets without classes are reported by the route (text: perplexity only, ``gain`` null).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
 
-from transferlab.config import primary_objective
 from transferlab.io import write_json
-from transferlab.stages.common import route_dirs
-from transferlab.stages.finetune import variants
-from transferlab.tracking import StageRun
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    from transferlab.data.loaders import to_float
-
-    model.eval()
-    return torch.cat([model(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+from transferlab.models.checkpoint import load_classifier
+from transferlab.objectives.losses import supervised_ce
+from transferlab.plots import accuracy_bars, confusion_grid, learning_curves
+from transferlab.routes import Route, get_route
+from transferlab.routes.base import wise_mix
+from transferlab.stages.context import Runtime
+from transferlab.study import variants
 
 
 def classification_metrics(
@@ -41,14 +43,6 @@ def classification_metrics(
     ece_bins: int = 15,
     label_smoothing: float = 0.0,
 ) -> dict[str, float]:
-    from torchmetrics.functional.classification import (
-        multiclass_accuracy,
-        multiclass_calibration_error,
-        multiclass_f1_score,
-    )
-
-    from transferlab.objectives.losses import supervised_ce
-
     return {
         "acc": float(multiclass_accuracy(logits, y, num_classes=num_classes, average="micro")),
         "f1_macro": float(multiclass_f1_score(logits, y, num_classes=num_classes, average="macro")),
@@ -79,126 +73,122 @@ def metric_row(m: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def evaluate_target(
-    cfg: DictConfig,
-    route: str,
+    route: Route,
     target: str,
-    partner: str | None,
-    confusion: dict[str, Any] | None = None,
+    data: Mapping[str, Any],
+    ood: Mapping[str, Any] | None,
+    confusion: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every variant (and WiSE-FT mixes) on one target; confusion matrices of the
-    primary and scratch models are added to ``confusion`` when given."""
-    from transferlab.data.loaders import load_dataset
-    from transferlab.models.checkpoint import load_classifier
-
-    dirs = route_dirs(cfg, route)
-    data = load_dataset(dirs["data"] / "targets" / f"{target}.pt")
-    ood = load_dataset(dirs["data"] / "targets" / f"{partner}.pt") if partner else None
+    """Rows of every variant (and WiSE-FT mix) on one labelled target; the confusion matrices of
+    the primary and scratch models go into ``confusion``."""
+    cfg = route.cfg
     k = len(data["classes"])
-    ls = float(cfg.finetune.get("label_smoothing", 0.0))
-    bins = int(cfg.evaluate.get("ece_bins", 15))
-    rows: dict[str, dict[str, float]] = {}
-    models: dict[str, Any] = {}
+    ls = float(cfg.finetune.label_smoothing)
+    bins = int(cfg.evaluate.ece_bins)
+    extra = route.extra_rows(target, data)
 
-    def score(model: Any) -> dict[str, float]:
-        logits = {s: predict(model, data[s]["x"]) for s in ("train", "val", "test")}
-        m = {s: classification_metrics(logits[s], data[s]["y"], k, bins, ls) for s in logits}
-        row = metric_row(m)
+    def logits(model: Any, split: Mapping[str, Any]) -> torch.Tensor:
+        return route.predict(model, route.inputs(model.backbone, split))
+
+    def score(model: Any, name: str) -> dict[str, float]:
+        m = {
+            s: classification_metrics(logits(model, data[s]), data[s]["y"], k, bins, ls)
+            for s in ("train", "val", "test")
+        }
+        row = {**metric_row(m), **extra.get(name, {})}
         if ood is not None:
-            row["ood/acc"] = classification_metrics(
-                predict(model, ood["test"]["x"]), ood["test"]["y"], k, bins, ls
-            )["acc"]
+            out = logits(model, ood["test"])
+            row["ood/acc"] = classification_metrics(out, ood["test"]["y"], k, bins, ls)["acc"]
         return {key: round(v, 6) for key, v in row.items()}
 
-    for variant in variants(cfg, route):
-        models[variant], _ = load_classifier(dirs["finetune"] / variant / f"{target}.pt")
-        rows[variant] = score(models[variant])
+    rows: dict[str, dict[str, float]] = {}
+    models: dict[str, Any] = {}
+    for v in variants(cfg, route):
+        models[v.name], _ = load_classifier(route.dirs["finetune"] / v.name / f"{target}.pt")
+        rows[v.name] = score(models[v.name], v.name)
     # WiSE-FT between the linear probe (pre-trained backbone, trained head: alpha = 0) and the
     # fully fine-tuned model (alpha = 1).
-    primary = primary_objective(cfg, route)
+    primary = route.primary()
     lp, ft = models.get(f"{primary}/linear_probe"), models.get(primary)
     if lp is not None and ft is not None:
-        import copy
-
-        from transferlab.finetune.wise import interpolate_state_dicts
-
-        for alpha in cfg.finetune.get("wise_alphas") or []:
-            mix = copy.deepcopy(ft)
-            mix.load_state_dict(
-                interpolate_state_dicts(lp.state_dict(), ft.state_dict(), float(alpha))
-            )
-            rows[f"{primary}/wise_{float(alpha):g}"] = score(mix)
-    if confusion is not None:
-        from torchmetrics.functional.classification import multiclass_confusion_matrix
-
-        for variant in (primary, "scratch"):
-            logits = predict(models[variant], data["test"]["x"])
-            mat = multiclass_confusion_matrix(logits, data["test"]["y"], num_classes=k)
-            confusion[f"{target}/{variant}"] = (mat.tolist(), list(data["classes"]))
+        for alpha in cfg.finetune.wise_alphas or []:
+            name = f"{primary}/wise_{float(alpha):g}"
+            rows[name] = score(wise_mix(lp, ft, float(alpha)), name)
+    for name in (primary, "scratch"):
+        out = logits(models[name], data["test"])
+        mat = multiclass_confusion_matrix(out, data["test"]["y"], num_classes=k)
+        confusion[f"{target}/{name}"] = (mat.tolist(), list(data["classes"]))
     return rows
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    import json
+def target_entry(route: Route, rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A labelled target's report entry: the rows, ``gain`` and ``gains`` (each variant against
+    the scratch control of its own architecture; WiSE-FT mixes against the primary's)."""
+    controls = {v.name: v.control for v in variants(route.cfg, route)}
+    primary = route.primary()
+    acc = {v: r["test/acc"] for v, r in rows.items()}
+    entry: dict[str, Any] = {
+        "task": "classification",
+        "pretrained": rows[primary],
+        "scratch": rows["scratch"],
+    }
+    entry.update({v: r for v, r in rows.items() if v != "scratch"})
+    entry["gain"] = round(acc[primary] - acc["scratch"], 6)
+    entry["gains"] = {
+        v: round(acc[v] - acc[str(controls.get(v, controls[primary]))], 6)
+        for v in rows
+        if v not in controls or controls[v] is not None
+    }
+    return entry
 
-    from transferlab.plots import accuracy_bars, learning_curves
 
-    route = str(cfg.route)
-    dirs = route_dirs(cfg, route)
-    targets = list(map(str, cfg.data[route].targets))
-    primary = primary_objective(cfg, route)
-    manifest = json.loads(dirs["manifest"].read_text()) if dirs["manifest"].exists() else {}
-    partners = manifest.get("ood_partner", {})
-    report: dict[str, Any] = {"route": route, "primary_objective": primary, "targets": {}}
+def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
+    route = get_route(cfg)
+    partners = route.manifest().get("ood_partner", {})
+    primary = route.primary()
+    report: dict[str, Any] = {"route": route.name, "primary_objective": primary, "targets": {}}
     bars: dict[str, dict[str, float]] = {}
     plot_rows: list[dict[str, Any]] = []
     confusion: dict[str, Any] = {}
-    with StageRun(
-        cfg,
-        "evaluate",
-        tags={"route": route, "run_name": f"evaluate:{route}"},
-        manifest=dirs["manifest"],
-    ) as tr:
-        for target in targets:
-            if route == "text":
-                from transferlab.stages.text import evaluate_entry
-
-                entry, rows = evaluate_entry(cfg, target)
+    tags = {"route": route.name, "run_name": f"evaluate:{route.name}"}
+    with rt.track("evaluate", tags, route.dirs["manifest"]) as tr:
+        for target in route.targets():
+            data = route.target_data(target)
+            if not route.labelled(data):
+                entry, rows = route.unlabelled_entry(target, data)
             else:
-                rows = evaluate_target(cfg, route, target, partners.get(target), confusion)
-                entry = {"pretrained": rows[primary], "scratch": rows["scratch"]}
-                entry.update({v: r for v, r in rows.items() if v not in ("scratch",)})
-                entry["gain"] = round(rows[primary]["test/acc"] - rows["scratch"]["test/acc"], 6)
-                entry["gains"] = {
-                    v: round(r["test/acc"] - rows["scratch"]["test/acc"], 6)
-                    for v, r in rows.items()
-                    if v != "scratch"
-                }
+                partner = partners.get(target)
+                ood = route.target_data(partner) if partner else None
+                rows = evaluate_target(route, target, data, ood, confusion)
+                entry = target_entry(route, rows)
             report["targets"][target] = entry
             tr.log_metrics(
                 {f"{target}/{v}/{k}": val for v, r in rows.items() for k, val in r.items()}
             )
-            if entry["gain"] is None:  # an unlabelled target (text route): perplexity only
+            if entry["gain"] is None:  # an unlabelled target: perplexity only
                 continue
             bars[target] = {v: r["test/acc"] for v, r in rows.items()}
             plot_rows += [
                 {"run": f"{target}/{v}", "test_acc": r["test/acc"]} for v, r in rows.items()
             ]
             tr.log_metrics({f"{target}/gain": entry["gain"]})
-        out = dirs["reports"]
+        out = route.dirs["reports"]
         write_json(out / "evaluate.json", report)
         write_json(out / "plots" / "accuracy.json", plot_rows)
-        accuracy_bars(bars, out / "plots" / "accuracy.png", f"{route}: test accuracy per target")
-        history_path = dirs["finetune"] / "history.json"
+        accuracy_bars(
+            bars, out / "plots" / "accuracy.png", f"{route.name}: test accuracy per target"
+        )
+        history_path = route.dirs["finetune"] / "history.json"
         if history_path.exists():
             learning_curves(
                 json.loads(history_path.read_text())["targets"],
                 out / "plots" / "learning_curves.png",
             )
         if confusion:
-            from transferlab.plots import confusion_grid
-
             confusion_grid(
-                confusion, out / "plots" / "confusion.png", f"{route}: test confusion matrices"
+                confusion,
+                out / "plots" / "confusion.png",
+                f"{route.name}: test confusion matrices",
             )
             write_json(
                 out / "confusion.json",

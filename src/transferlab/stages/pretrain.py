@@ -8,28 +8,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.callbacks import History
+from transferlab.data.loaders import load_dataset, make_loader
 from transferlab.io import write_json
+from transferlab.models.checkpoint import build_backbone, save_backbone
 from transferlab.resume import EpochSeed, Resume
-from transferlab.stages.callbacks import History
-from transferlab.stages.common import configure_torch, make_trainer, route_dirs, seed_all
-from transferlab.tracking import StageRun
+from transferlab.routes import get_route
+from transferlab.stages.context import Runtime
+from transferlab.study import Init
+from transferlab.training import configure_torch, make_trainer, seed_all
 
 
 def build_objective(cfg: DictConfig, route: str, objective: str) -> tuple[Any, dict[str, Any]]:
-    """Instantiate the backbone and the objective's LightningModule from their ``_target_``s."""
-    from hydra.utils import instantiate
-
-    from transferlab.models.checkpoint import build_backbone
-
-    arch = OmegaConf.to_container(cfg.model[route], resolve=True)
-    ocfg = OmegaConf.to_container(cfg.objectives[objective], resolve=True)
-    if "_target_" not in arch:
-        # One backbone per architecture (the text route): the objective names the one it trains.
-        arch = arch[str(ocfg.pop("model"))]
-    backbone = build_backbone(arch)
-    ocfg = {k: v for k, v in ocfg.items() if k not in ("route", "max_epochs", "batch_size")}
-    module = instantiate(ocfg, backbone=backbone, _convert_="all")
-    return module, arch
+    """The objective's LightningModule around a fresh backbone of the architecture it trains."""
+    r = get_route(cfg, route)
+    arch = r.arch(Init("scratch", r.arch_key(objective)))
+    return r.objective_module(objective, build_backbone(arch)), arch
 
 
 def _tensors(split: dict[str, Any]) -> tuple[Any, ...]:
@@ -37,19 +31,16 @@ def _tensors(split: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(split[k] for k in ("x", "y") if k in split)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    from transferlab.data.loaders import load_dataset, make_loader
-    from transferlab.models.checkpoint import save_backbone
-
+def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     route, objective = str(cfg.route), str(cfg.objective)
-    dirs = route_dirs(cfg, route)
+    dirs = get_route(cfg).dirs
     out = dirs["pretrain"] / objective
     budget = cfg.pretrain[route]
     ocfg = cfg.objectives[objective]
     seed_all(cfg.seed)
     configure_torch(cfg.trainer)
     tags = {"route": route, "objective": objective, "run_name": f"pretrain:{route}:{objective}"}
-    with StageRun(cfg, "pretrain", tags=tags, manifest=dirs["manifest"]) as tr:
+    with rt.track("pretrain", tags, dirs["manifest"]) as tr:
         data = load_dataset(dirs["data"] / "source.pt")
         batch_size = int(ocfg.get("batch_size") or budget.batch_size)
         max_epochs = int(ocfg.get("max_epochs") or budget.max_epochs)

@@ -1,180 +1,129 @@
 """Stage ``shift-analysis``: how far each target is from the source, and whether that predicts gain.
 
-Input space: ``D_KL(P_source || P_target)`` between pixel-intensity histograms (``bins`` equal bins
-on [0, 1], add-``alpha`` smoothing so that no bin is empty and the KL stays finite; estimator
-:func:`transferlab.shift.estimators.histogram_kl`). Feature space: the Gaussian-fit KL between the
-primary objective's backbone features of source and target images
-(:func:`transferlab.shift.estimators.gaussian_kl`). Each measure is correlated (Spearman) with the
-gain from ``evaluate.json`` across targets.
-
-The text route (:func:`transferlab.stages.text.shift_analysis`) measures token-unigram KL and top-k
-vocabulary overlap instead of pixel histograms (:mod:`transferlab.shift.text`).
+Input space: the route's measures (images: pixel-intensity histogram KL and JS; text: token-unigram
+KL and JS and the top-k vocabulary overlap; :meth:`Route.input_measures`). Feature space: the
+primary objective's backbone features of source and target inputs, compared by Gaussian-fit KL,
+k-NN KL, RBF MMD and the proxy A-distance (:func:`transferlab.shift.measures.feature_measures`).
+With ``shift.<route>.n_boot > 0`` the cheap measures get 95 % percentile-bootstrap intervals
+(``ci``), resampling whole inputs (images, LM blocks). Every measure is correlated (Spearman and
+Pearson) with the gain from ``evaluate.json`` across the labelled targets.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
+from threadpoolctl import threadpool_limits
 
-from transferlab.config import primary_objective
+from transferlab.errors import DataSourceError
 from transferlab.io import write_json
-from transferlab.stages.common import route_dirs
-from transferlab.tracking import StageRun
+from transferlab.models.checkpoint import load_backbone
+from transferlab.plots import kl_vs_gain, measures_vs_gain
+from transferlab.routes import get_route
+from transferlab.shift import estimators as est
+from transferlab.shift import measures
+from transferlab.stages.context import Runtime
 
 
-def _finite(x: float) -> float | None:
+def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
-def _subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if len(x) <= n:
-        return x
-    g = torch.Generator().manual_seed(int(seed))
-    return x[torch.randperm(len(x), generator=g)[:n].sort().values]
-
-
-@torch.no_grad()
-def backbone_features(
-    backbone: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024
-) -> np.ndarray:
-    from transferlab.data.loaders import to_float
-
-    backbone.eval()
-    return (
-        torch.cat([backbone(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-        .double()
-        .numpy()
-    )
-
-
-def all_images(data: dict[str, Any]) -> torch.Tensor:
-    return torch.cat([data[s]["x"] for s in ("train", "val", "test") if s in data])
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    from transferlab.data.loaders import load_dataset
-    from transferlab.models.checkpoint import load_backbone
-    from transferlab.plots import kl_vs_gain
-    from transferlab.shift import estimators as est
-    from transferlab.shift import measures
-
-    route = str(cfg.route)
-    if route == "text":
-        from transferlab.stages.text import shift_analysis
-
-        return shift_analysis(cfg)
-    scfg = cfg.shift[route]
-    dirs = route_dirs(cfg, route)
-    targets = list(map(str, cfg.data[route].targets))
+def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
+    route = get_route(cfg)
+    scfg = cfg.shift[route.name]
+    dirs = route.dirs
     ev_path = dirs["reports"] / "evaluate.json"
     if not ev_path.exists():
-        from transferlab.errors import DataSourceError
-
         raise DataSourceError(f"{ev_path} is missing: run the evaluate stage first (dvc repro)")
     evaluation = json.loads(ev_path.read_text())
-    n_max = int(scfg.get("max_samples", 5000))
-    with StageRun(
-        cfg,
-        "shift-analysis",
-        tags={"route": route, "run_name": f"shift:{route}"},
-        manifest=dirs["manifest"],
-    ) as tr:
-        source = _subsample(all_images(load_dataset(dirs["data"] / "source.pt")), n_max, cfg.seed)
-        primary = primary_objective(cfg, route)
-        backbone, _ = load_backbone(dirs["pretrain"] / primary / "backbone.pt")
-        f_src = backbone_features(backbone, source)
-        x_src = source.numpy().reshape(len(source), -1) / 255.0
-        bins, alpha, eps = int(scfg.bins), float(scfg.alpha), float(scfg.get("feature_eps", 1e-3))
-        # Bootstrap replicates resample whole images; per-image bin counts make each one a sum.
-        h_src = est.row_histograms(x_src, bins)
-
-        def smoothed(h: np.ndarray) -> np.ndarray:
-            return est.smooth_counts(h.sum(axis=0), alpha)
-
-        n_boot = int(scfg.get("n_boot", 0))
+    primary = route.primary()
+    n_max, eps = int(scfg.max_samples), float(scfg.feature_eps)
+    knn_k, n_boot, seed = int(scfg.knn_k), int(scfg.n_boot), int(cfg.seed)
+    # Small dense algebra (64-d covariances, logistic regression): one BLAS thread is fastest, and
+    # a multi-threaded BLAS on busy cores is 10-40x slower. threadpoolctl limits the libraries
+    # loaded when it is entered, so load scipy's and scikit-learn's own BLAS/OpenMP first.
+    for module in ("scipy.optimize", "scipy.spatial", "sklearn.linear_model"):
+        importlib.import_module(module)
+    tags = {"route": route.name, "run_name": f"shift:{route.name}"}
+    with (
+        rt.track("shift-analysis", tags, dirs["manifest"]) as tr,
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
+        backbone, _ = load_backbone(route.pretrained_path(primary))
+        src = route.shift_side(route.source_data(), n_max, seed)
+        f_src = route.features(backbone, src.feature_x)
         rows: dict[str, dict[str, Any]] = {}
-        for target in targets:
-            x = _subsample(
-                all_images(load_dataset(dirs["data"] / "targets" / f"{target}.pt")), n_max, cfg.seed
-            )
-            x_tgt = x.numpy().reshape(len(x), -1) / 255.0
-            f_tgt = backbone_features(backbone, x)
+        for target in route.targets():
+            tgt = route.shift_side(route.target_data(target), n_max, seed)
+            f_tgt = route.features(backbone, tgt.feature_x)
+            entry = evaluation["targets"][target]
             values = {
-                **measures.input_measures(x_src, x_tgt, bins, alpha),
-                **measures.feature_measures(
-                    f_src, f_tgt, seed=int(cfg.seed), eps=eps, knn_k=int(scfg.get("knn_k", 5))
-                ),
+                **route.input_measures(src, tgt),
+                **measures.feature_measures(f_src, f_tgt, seed=seed, eps=eps, knn_k=knn_k),
+                **route.extra_measures(entry),
             }
-            row: dict[str, Any] = {k: _finite(v) for k, v in values.items()}
+            row: dict[str, Any] = {m: _finite(values[m]) for m in route.shift_measures}
             if n_boot > 0:
-                # Intervals for the cheap estimators (the kNN/MMD/PAD ones cost O(n^2) per draw).
                 row["ci"] = {
-                    **measures.bootstrap(
-                        {
-                            "kl_input": lambda a, b: est.kl_divergence(smoothed(a), smoothed(b)),
-                            "js_input": lambda a, b: est.js_divergence(smoothed(a), smoothed(b)),
-                        },
-                        h_src,
-                        est.row_histograms(x_tgt, bins),
-                        n_boot=n_boot,
-                        seed=int(cfg.seed),
-                        max_n=None,
-                    ),
+                    **route.input_ci(src, tgt, n_boot, seed),
                     **measures.bootstrap(
                         {"kl_feature": lambda a, b: est.gaussian_kl(a, b, eps=eps)},
                         f_src,
                         f_tgt,
                         n_boot=n_boot,
-                        seed=int(cfg.seed),
+                        seed=seed,
                         max_n=None,
                     ),
                 }
-            row["n_target"] = len(x)
-            row["gain"] = evaluation["targets"][target]["gain"]
+            row["n_target"] = tgt.n
+            row["gain"] = entry.get("gain")
             rows[target] = row
-        names = list(rows)
-        gains = [rows[t]["gain"] for t in names]
-        corr = measures.correlation_table(rows, list(measures.DESCRIPTIONS))
+        labelled = [t for t in rows if rows[t]["gain"] is not None]
+        corr = measures.correlation_table(rows, list(route.shift_measures))  # gain null: left out
         report = {
-            "route": route,
-            "source": str(cfg.data[route].get("source", "source")),
-            "estimators": {
-                **measures.DESCRIPTIONS,
-                "kl_input": measures.DESCRIPTIONS["kl_input"] + f" [{bins} bins, alpha={alpha}]",
-                "kl_feature": measures.DESCRIPTIONS["kl_feature"]
-                + f" ['{primary}' backbone, ridge {eps}]",
-            },
-            "n_source": len(source),
+            "route": route.name,
+            "source": str(cfg.data[route.name].source),
+            "estimators": route.estimators(primary),
+            "n_source": src.n,
             "n_boot": n_boot,
             "targets": rows,
+            "correlated_targets": labelled,
             "correlations": corr,
             "spearman_kl_gain": corr["kl_input"]["spearman"],
             "spearman_kl_feature_gain": corr["kl_feature"]["spearman"],
+            **route.extra_report(rows),
         }
         out = dirs["reports"]
         write_json(out / "shift.json", report)
         kl_vs_gain(
-            names,
-            [rows[t]["kl_input"] for t in names],
-            gains,
+            labelled,
+            [rows[t]["kl_input"] for t in labelled],
+            [rows[t]["gain"] for t in labelled],
             out / "plots" / "kl_vs_gain.png",
-            "D_KL(P_source || P_target), pixel histogram [nats]",
-            f"{route}: shift vs transfer gain (95% bootstrap CI)",
-            kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in names] if n_boot > 0 else None,
+            route.kl_label,
+            f"{route.name}: shift vs transfer gain" + (" (95% bootstrap CI)" if n_boot > 0 else ""),
+            kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in labelled] if n_boot > 0 else None,
+        )
+        measures_vs_gain(
+            {t: rows[t] for t in labelled},
+            list(route.shift_measures),
+            out / "plots" / "shift_vs_gain.png",
+            f"{route.name}: every shift measure vs transfer gain (labelled targets)",
+            correlations=corr,
         )
         tr.log_metrics(
             {
-                f"{t}/{k}": v
+                f"{t}/{m}": r[m]
                 for t, r in rows.items()
-                for k, v in r.items()
-                if k in measures.DESCRIPTIONS and v is not None
+                for m in route.shift_measures
+                if r.get(m) is not None
             }
         )
-        for name in ("shift.json", "plots/kl_vs_gain.png"):
+        for name in ("shift.json", "plots/kl_vs_gain.png", "plots/shift_vs_gain.png"):
             tr.log_artifact(out / name, "reports")
     return report
