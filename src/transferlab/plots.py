@@ -24,20 +24,23 @@ def _save(fig, path: Path) -> None:
 
 
 def accuracy_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
-    """Grouped bars: test accuracy per target (x) and variant (colour)."""
+    """Grouped bars: test accuracy per target (x) and variant (colour, one distinct colour each:
+    tab20 past ten variants); the legend sits outside the axes, never over the bars."""
     plt = _plt()
     targets = list(rows)
     variants = sorted({v for r in rows.values() for v in r}, key=lambda v: (v == "scratch", v))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(targets), 3.6))
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(2.6 + 1.3 * len(targets) + 0.05 * len(variants), 3.6))
     width = 0.8 / max(1, len(variants))
     for i, v in enumerate(variants):
         xs = [t + (i - (len(variants) - 1) / 2) * width for t in range(len(targets))]
-        ax.bar(xs, [rows[t].get(v, float("nan")) for t in targets], width, label=v)
+        ys = [rows[t].get(v, float("nan")) for t in targets]
+        ax.bar(xs, ys, width, label=v, color=cmap(i % cmap.N))
     ax.set_xticks(range(len(targets)), targets, rotation=20)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
 
 
@@ -147,7 +150,17 @@ def confusion_grid(
     names = list(mats)
     ncols = min(len(names), 4)
     nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.4 * nrows), squeeze=False)
+    # Room for the longest class name beside and below each panel (names never run into the
+    # neighbouring panel).
+    longest = max(len(str(c)) for _, classes in mats.values() for c in classes)
+    pad = 0.055 * longest
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=((3.0 + pad) * ncols, (3.0 + pad) * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
@@ -155,9 +168,11 @@ def confusion_grid(
         ax.imshow(mat, cmap="Blues")
         k = len(classes)
         if k <= 10:
+            top = max(max(row) for row in mat) or 1
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, str(mat[i][j]), ha="center", va="center", fontsize=6)
+                    ink = "white" if mat[i][j] > top / 2 else "black"  # readable on dark cells
+                    ax.text(j, i, str(mat[i][j]), ha="center", va="center", fontsize=6, color=ink)
         ax.set_xticks(range(k), classes, rotation=90, fontsize=6)
         ax.set_yticks(range(k), classes, fontsize=6)
         ax.set_title(name, fontsize=8)

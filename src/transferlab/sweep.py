@@ -70,7 +70,7 @@ def trial_spec(cfg: DictConfig) -> TrialSpec:
         raise ConfigError(
             f"sweep.target={target!r} is not a target of route {route}; allowed: {', '.join(targets)}"
         )
-    pretrain = bool(node.get("pretrain", False))
+    pretrain = bool(node.pretrain)
     variant = str(node.get("variant") or primary_objective(cfg, route))
     allowed = [str(o) for o in (cfg.objectives if pretrain else cfg.pretrain[route].objectives)]
     if variant not in [*allowed, "scratch"]:
@@ -81,13 +81,13 @@ def trial_spec(cfg: DictConfig) -> TrialSpec:
         raise ConfigError(
             "sweep.pretrain=true needs a pre-training objective as sweep.variant, not scratch"
         )
-    metrics = _as_list(node.get("metric", "val/acc"))
-    directions = [d.lower() for d in _as_list(node.get("direction", "maximize"))]
+    metrics = _as_list(node.metric)
+    directions = [d.lower() for d in _as_list(node.direction)]
     if len(directions) != len(metrics) or any(d not in DIRECTIONS for d in directions):
         raise ConfigError(
             f"sweep.direction={directions} must give maximize or minimize for each of sweep.metric={metrics}"
         )
-    reduce = str(node.get("reduce", "last"))
+    reduce = str(node.reduce)
     if reduce not in REDUCE:
         raise ConfigError(
             f"sweep.reduce={reduce!r} is not allowed; choose one of: {', '.join(REDUCE)}"
@@ -205,7 +205,7 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
             pruning_callback(ctx.trial(), spec.metrics[0], int(cfg.finetune.max_epochs))
         )
     logger: Any = False
-    if ctx is not None and ctx.mlflow_run_id and cfg.logger.get("enabled", True):
+    if ctx is not None and ctx.mlflow_run_id and cfg.logger.enabled:
         logger = make_buffered_logger(str(cfg.logger.tracking_uri), ctx.mlflow_run_id)
 
     fit = fit_for(run_cfg, spec.target, variant)
