@@ -45,7 +45,8 @@ def test_groups_per_concern_exist() -> None:
 
 def test_experiment_and_debug_overrides_compose() -> None:
     cfg = config.compose(["+experiment=linear_probe", "+debug=tiny"])
-    assert cfg.finetune.freeze_depth == 4 and cfg.data.image.source_train == 512
+    assert cfg.finetune.strategy == "linear_probe" and cfg.finetune.lr == 0.01
+    assert cfg.data.image.source_train == 512
 
 
 def _cfg(*overrides: str):
