@@ -26,6 +26,7 @@ print("PROBE" + _json.dumps({
     "shift": shift_table.to_dict(),
     "sweep": sweep_table.reset_index()[["number", "state", "value", "best_so_far"]].to_dict("records"),
     "stages": {k: int(v) for k, v in stage_counts.items()},
+    "experiments": exp_table.to_dict("index"),
 }))
 """
 
@@ -111,6 +112,10 @@ def test_notebook_executes_against_the_tiny_pipeline(
         assert probe["shift"]["gain"][target] == pytest.approx(row["gain"])
 
     assert set(probe["stages"]) == STAGES and all(n >= 1 for n in probe["stages"].values())
+    # the tiny pipeline ran as `dvc repro`: one experiment, the workspace, with the report's gains
+    assert list(probe["experiments"]) == ["workspace"]
+    for target, entry in evaluate["targets"].items():
+        assert probe["experiments"]["workspace"][target] == pytest.approx(entry["gain"])
 
     sweep = probe["sweep"]
     assert [(r["state"], r["value"]) for r in sweep] == [

@@ -123,3 +123,44 @@ def test_two_pipelines_writing_one_store_lose_no_run(tmp_path: Path) -> None:
     per_worker = n_stages * (1 + n_fits)
     assert status == {"FINISHED": 2 * per_worker}
     assert n_metrics == 2 * n_stages * n_fits * 20
+
+
+def test_a_stage_run_knows_its_dvc_experiment_and_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tags ``dvc.exp_name``/``dvc.exp_baseline_rev`` (``workspace`` outside ``dvc exp run``) and
+    the manifest as an MLflow dataset input: name, digest = manifest hash, split sizes as profile."""
+    import json
+
+    import mlflow
+
+    manifest = tmp_path / "manifest.json"
+    splits = {"source": {"splits": {"train": 10, "val": 2}}, "digits": {"splits": {"train": 4}}}
+    manifest.write_text(
+        json.dumps(
+            {"route": "image", "source": "fashion_mnist", "hash": "ab" * 32, "datasets": splits}
+        )
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {"logger": {"enabled": True, "tracking_uri": uri, "experiment": "t"}}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    with StageRun(cfg, "evaluate", manifest=manifest) as workspace_run:
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "plush-mast")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    with StageRun(cfg, "evaluate", manifest=manifest) as exp_run:
+        pass
+    client = mlflow.MlflowClient(uri)
+    ws, ex = (client.get_run(r.run_id) for r in (workspace_run, exp_run))
+    assert ws.data.tags["dvc.exp_name"] == "workspace"
+    assert ex.data.tags["dvc.exp_name"] == "plush-mast"
+    assert ex.data.tags["dvc.exp_baseline_rev"] == "0123abc"
+    (ds,) = ex.inputs.dataset_inputs
+    assert ds.dataset.name == "image:fashion_mnist" and ds.dataset.digest == "ab" * 8
+    assert json.loads(ds.dataset.profile) == {k: v["splits"] for k, v in splits.items()}
+    found = client.search_runs(
+        [ex.info.experiment_id], filter_string="tags.`dvc.exp_name` = 'plush-mast'"
+    )
+    assert [r.info.run_id for r in found] == [exp_run.run_id]

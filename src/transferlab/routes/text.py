@@ -145,17 +145,9 @@ class TextRoute(Route):
             return backbone.encode_texts(split["text"])
         return split["x"]
 
-    def loader(
-        self,
-        *tensors: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> DataLoader:
-        return text_loader(
-            *tensors, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+    def loader(self, *tensors: torch.Tensor, **options: Any) -> DataLoader:
+        """The base loader's batches (same sampler, same order) with padding trimmed."""
+        return text_loader(*tensors, **options)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor, fast: bool = False) -> torch.Tensor:

@@ -116,17 +116,3 @@ def descriptions(
         "test_ppl": f"perplexity of the '{primary}' model on the target's held-out text "
         "(masked-token perplexity for MLM)",
     }
-
-
-@torch.no_grad()
-def features(backbone: torch.nn.Module, blocks: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    backbone.eval()
-    out = [backbone(blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)]
-    return torch.cat(out).double().numpy()
-
-
-def subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if len(x) <= n:
-        return x
-    g = torch.Generator().manual_seed(int(seed))
-    return x[torch.randperm(len(x), generator=g)[:n].sort().values]

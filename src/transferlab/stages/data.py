@@ -30,4 +30,5 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             }
         )
         tr.set_tags({"data.manifest_hash": manifest["hash"]})
+        tr.log_dataset(dirs["manifest"])
     return manifest

@@ -100,6 +100,14 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
         }
         out = dirs["reports"]
         write_json(out / "shift.json", report)
+        # the plot's data, for `dvc plots show/diff` (one row per labelled target)
+        write_json(
+            out / "plots" / "kl_vs_gain.json",
+            [
+                {"target": t, "kl_input": rows[t]["kl_input"], "gain": rows[t]["gain"]}
+                for t in labelled
+            ],
+        )
         kl_vs_gain(
             labelled,
             [rows[t]["kl_input"] for t in labelled],
