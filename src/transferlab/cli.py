@@ -94,8 +94,8 @@ def _run_stage(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     module = {"shift-analysis": "shift"}.get(stage, stage)
-    # Imported here, not at the top: `--help`, `params` and `validate` must not pay ~5-8 s of
-    # torch/Lightning/MLflow imports (measured, design.md §1).
+    # lazy: the stages cost ~5-8 s of torch/Lightning/MLflow imports (design.md §1); --help,
+    # params and validate must not pay them
     from transferlab.runtime import StageRuntime
 
     importlib.import_module(f"transferlab.stages.{module}").run(cfg, StageRuntime(cfg))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Di
     """Compose ``conf/config.yaml`` exactly as DVC's Hydra integration does (resolved).
 
     Returns a plain config (no schema types attached), as a stage reads it from ``params.yaml``."""
+    # lazy: hydra costs ~0.3 s of import; stages and `transferlab validate` read params.yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -256,6 +258,7 @@ def _objective_rules(cfg: DictConfig, key: str) -> None:
 def _validate_text(cfg: DictConfig, stage: str | None, objectives: Sequence[str]) -> None:
     """The text route: data keys, backbones named by objectives, their sizes, freezing depth."""
     if stage in (None, "data"):
+        # lazy: data.text pulls in torch (~2 s of import); only the text data stage's check needs it
         from transferlab.data.text import resolve_text_cfg
 
         resolve_text_cfg(OmegaConf.to_container(cfg.data.text, resolve=True))
@@ -421,8 +424,6 @@ def check_tracking_uri(uri: str) -> None:
                 f"logger.tracking_uri={uri}: directory '{parent}' is missing or not writable"
             )
     elif uri.startswith(("http://", "https://")):
-        import urllib.request
-
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
         except Exception as exc:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from transferlab.errors import ConfigError
 
@@ -999,6 +999,7 @@ def _field(cls: type, name: str) -> dataclasses.Field:
 
 def register() -> None:
     """Store the schema in Hydra's ConfigStore (idempotent). Called by ``hydra_plugins``."""
+    # lazy: hydra costs ~0.3 s of import; the CLI reads the schema without registering it
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
@@ -1025,8 +1026,6 @@ def _is_seq(v: Any) -> bool:
 
 def _plain(v: Any) -> Any:
     if isinstance(v, DictConfig | ListConfig):
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_container(v, resolve=True)
     return v
 

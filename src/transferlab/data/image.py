@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from transferlab.data import image_sources as src
 from transferlab.errors import ConfigError
+from transferlab.io import save_torch
+from transferlab.progress import progress_bar
 
 IMAGE_TARGETS = ("fmnist", "fmnist_inverted", "digits", "lfw", "textures")
 OOD_PARTNER = {"fmnist": "fmnist_inverted"}
@@ -177,10 +180,6 @@ def _describe(splits: Mapping[str, Split], classes: list[str]) -> dict[str, Any]
 
 
 def _save(path: Path, splits: Mapping[str, Split], classes: list[str]) -> None:
-    import torch
-
-    from transferlab.io import save_torch
-
     payload: dict[str, Any] = {"classes": classes}
     for k, v in splits.items():
         payload[k] = {
@@ -194,8 +193,6 @@ def build_image_data(
     cfg: Mapping[str, Any], out_dir: Path, seed: int, progress: bool = True
 ) -> dict[str, Any]:
     """Build the source and every target into ``out_dir``; return the manifest (also written)."""
-    from transferlab.progress import progress_bar
-
     targets = list(cfg["targets"])
     unknown = [t for t in targets if t not in IMAGE_TARGETS]
     if unknown:

@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from transferlab.errors import DataSourceError
 
@@ -78,8 +80,6 @@ def _to_uint8(x: np.ndarray, vmax: float) -> np.ndarray:
 
 def _resize_pad(images: np.ndarray, inner: int) -> np.ndarray:
     """Resize float images ``(N, h, w)`` to ``inner×inner`` (bilinear) and zero-pad to 28×28."""
-    import torch
-    import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     t = F.interpolate(t, size=(inner, inner), mode="bilinear", align_corners=False)
@@ -91,6 +91,8 @@ def _resize_pad(images: np.ndarray, inner: int) -> np.ndarray:
 def load_digits_28() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn digits (1,797 8×8 images, 0..16) resized to 20×20 and padded to 28×28 like MNIST."""
     try:
+        # lazy: sklearn.datasets costs ~2 s of import; only the digits target reads it, and
+        # every stage imports this module through routes.image
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataSourceError("digits need the PyPI package 'scikit-learn'") from None
@@ -101,7 +103,7 @@ def load_digits_28() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def load_lfw_28() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-image ``lfw_subset``: 100 faces then 100 non-faces (25×25 floats), padded to 28×28."""
-    try:
+    try:  # lazy: a missing scikit-image fails with one line naming the package
         from skimage import data
     except ImportError:
         raise DataSourceError("LFW subset needs the PyPI package 'scikit-image'") from None
@@ -124,7 +126,7 @@ def load_texture_regions(
     validation and the rest test. Splitting by region (not by shuffling overlapping patches) keeps
     test pixels out of training entirely. Returns ``{"train"|"val"|"test": (images, labels)}``.
     """
-    try:
+    try:  # lazy: a missing scikit-image fails with one line naming the package
         from skimage import data
     except ImportError:
         raise DataSourceError("textures need the PyPI package 'scikit-image'") from None

@@ -58,21 +58,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from transferlab.data.text_sources import SOURCES
 from transferlab.errors import ConfigError
 from transferlab.io import atomic_dir, atomic_path, write_json
 from transferlab.schema import TextDataConf
 from transferlab.schema import defaults as schema_defaults
-
-if TYPE_CHECKING:
-    import torch
-    from tokenizers import Tokenizer
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 #: Special tokens, in id order: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
@@ -91,7 +94,6 @@ def new_tokenizer() -> Tokenizer:
     ``▁`` back into spaces, so ``decode(encode(s)) == normalize(s)`` whenever every character of
     ``s`` is in the learnt alphabet; any other character encodes to ``[UNK]``.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.Sequence(
@@ -137,7 +139,6 @@ def train_tokenizer(
     Only the ``limit_alphabet`` most frequent characters of ``texts`` get a token; all other
     characters encode to ``[UNK]``.
     """
-    from tokenizers import trainers
 
     tok = new_tokenizer()
     alphabet = source_alphabet(tok, texts, limit_alphabet)
@@ -160,7 +161,6 @@ def train_tokenizer(
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load the tokenizer saved by :func:`build_text_data` (``tokenizer.json`` or its folder)."""
-    from tokenizers import Tokenizer
 
     path = Path(path)
     if path.is_dir():
@@ -186,7 +186,6 @@ def encode_batch(
     With ``add_sep`` (the format of the saved classification items) the last non-pad token is
     ``[SEP]``; the attention mask is ``ids != 0``.
     """
-    import torch
 
     sep, pad = tokenizer.token_to_id(SEP), tokenizer.token_to_id(PAD)
     keep = seq_len - 1 if add_sep else seq_len
@@ -205,7 +204,6 @@ def lm_blocks(
     The tail shorter than ``seq_len`` is dropped. ``max_blocks`` keeps the first blocks (callers
     shuffle ``docs`` first).
     """
-    import torch
 
     sep = tokenizer.token_to_id(SEP)
     budget = None if max_blocks is None else max_blocks * seq_len
@@ -247,9 +245,6 @@ def save_tensors(path: str | Path, obj: Any) -> None:
     saves to a randomly named temporary file, so identical data would hash differently; saving to
     a buffer first gives the fixed root name ``archive``.
     """
-    import io
-
-    import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -269,7 +264,6 @@ def _plain(obj: Any) -> Any:
 
 def resolve_text_cfg(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_TEXT_CFG`` updated with ``cfg`` (``loader_options`` merged per source), checked."""
-    from transferlab.data.text_sources import SOURCES
 
     out = copy.deepcopy(DEFAULT_TEXT_CFG)
     user = _plain(cfg or {})
@@ -346,14 +340,12 @@ def generator(seed: int, name: str) -> torch.Generator:
 
     So adding or removing one target leaves every other target's splits and samples unchanged.
     """
-    import torch
 
     digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _perm(n: int, g: torch.Generator) -> list[int]:
-    import torch
 
     return torch.randperm(n, generator=g).tolist()
 
@@ -411,7 +403,6 @@ def split_items(
 
 # --------------------------------------------------------------------------- build
 def _load(name: str, cfg: Mapping[str, Any]) -> list:
-    from transferlab.data.text_sources import SOURCES
 
     loader, _ = SOURCES[name]
     return loader(**cfg["loader_options"].get(name, {}))
@@ -462,7 +453,6 @@ def _build_cls_target(
     cfg: Mapping[str, Any],
     g: torch.Generator,
 ) -> tuple[dict, dict]:
-    import torch
 
     items = dedupe_items(items)
     texts = [t for t, _ in items]
@@ -526,7 +516,6 @@ def _truncated_frac(ids: torch.Tensor, tok: Tokenizer) -> float:
 
 def _hashes(obj: Any, prefix: str = "") -> dict[str, str]:
     """sha256 per tensor in a (nested) dict, keyed by dotted path; aliases hashed once each."""
-    import torch
 
     out: dict[str, str] = {}
     for k, v in obj.items():
@@ -538,7 +527,6 @@ def _hashes(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _sizes(obj: Mapping[str, Any]) -> dict[str, list[int]]:
-    import torch
 
     out: dict[str, list[int]] = {}
     for k, v in obj.items():
@@ -560,10 +548,6 @@ def build_text_data(
     the tokenizer (i.e. the source options), not on which other targets are built. The directory is built in a
     temporary sibling and swapped in whole, so a failed build leaves the old one untouched.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from transferlab.data.text_sources import SOURCES
 
     cfg = resolve_text_cfg(cfg)
     out_dir = Path(out_dir)
