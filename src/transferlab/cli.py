@@ -24,7 +24,7 @@ from rich.console import Console
 from transferlab import config, warm
 from transferlab.config import STAGES
 from transferlab.errors import TransferlabError
-from transferlab.io import write_text
+from transferlab.io import write_or_check
 from transferlab.tracking import interrupted
 
 DEBUG_VARS = ("TRANSFERLAB_DEBUG", "HYDRA_FULL_ERROR")
@@ -64,18 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _params(args: argparse.Namespace) -> int:
     text = config.params_yaml(args.overrides)
-    out = Path(args.out)
-    if args.check:
-        if not out.exists() or out.read_text() != text:
-            print(
-                f"transferlab: {out} differs from the composition of conf/; run `make params`",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    write_text(out, text)
-    print(f"wrote {out}")
-    return 0
+    stale = f"transferlab: {args.out} differs from the composition of conf/; run `make params`"
+    return write_or_check(args.out, text, args.check, stale)
 
 
 def _run_stage(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,20 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_or_check(path: str | os.PathLike[str], text: str, check: bool, stale: str) -> int:
+    """Write a generated file (atomically), or with ``check`` exit status 1 and the one line
+    ``stale`` on stderr when the committed file differs from ``text``."""
+    path = Path(path)
+    if check:
+        if not path.exists() or path.read_text() != text:
+            print(stale, file=sys.stderr)
+            return 1
+        return 0
+    write_text(path, text)
+    print(f"wrote {path}")
+    return 0
 
 
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:

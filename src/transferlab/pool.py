@@ -43,6 +43,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from transferlab.routes import Route
+from transferlab.stages.context import Executor
 from transferlab.stages.fit import run_fit
 from transferlab.study import Fit, FitResult
 
@@ -164,10 +165,6 @@ def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------ the executor
-#: ``execute(fits, tracked=..., state=..., test_acc=...)``: the fits' results, in order.
-Executor = Callable[..., Iterator[FitResult]]
-
-
 def test_accuracy(route: Route, model: torch.nn.Module, data: Mapping[str, Any]) -> float:
     """Accuracy on the target's test split (batched for speed: outputs equal up to rounding)."""
     logits = route.predict(model, route.inputs(model.backbone, data["test"]), fast=True)

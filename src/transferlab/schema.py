@@ -43,7 +43,6 @@ import sys
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -1415,20 +1414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="docs/reference/knobs.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs")
     args = p.parse_args(argv)
-    text = knobs_markdown()
-    out = Path(args.out)
-    if args.check:
-        if not out.exists() or out.read_text() != text:
-            print(
-                f"{out} differs from the schema: run `python -m transferlab.schema`",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
-    return 0
+    # lazy: keeps `import transferlab.schema` (Hydra plugin discovery, DVC's composition) to the
+    # schema alone; only the knob reference's writer needs transferlab.io
+    from transferlab.io import write_or_check
+
+    stale = f"{args.out} differs from the schema: run `python -m transferlab.schema`"
+    return write_or_check(args.out, knobs_markdown(), args.check, stale)
 
 
 if __name__ == "__main__":

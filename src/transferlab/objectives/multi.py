@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.objectives.base import PretrainModule, _linear_warmup
 from transferlab.objectives.losses import weighted_sum
+from transferlab.study import plain
 
 # Keys of an objective's config that are the pretrain stage's budget, not constructor arguments.
 BUDGET_KEYS = ("route", "max_epochs", "batch_size")
@@ -62,10 +62,6 @@ def check_weights(weights: Mapping[str, Any], allowed: list[str]) -> dict[str, f
     return out
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 class MultiObjective(PretrainModule):
     norm_recalibration_batches = 10  # BatchNorm statistics of the final weights
 
@@ -82,8 +78,8 @@ class MultiObjective(PretrainModule):
         super().__init__(backbone, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
         self.max_batches = max_batches
         # With `_recursive_: false` Hydra hands the parts' configs over unconverted.
-        components = _plain(components)
-        weights = _plain(weights)
+        components = plain(components)
+        weights = plain(weights)
         allowed = sorted(str(k) for k in components if str(k) != "multi")
         self.weights = check_weights(weights, allowed)
         self.parts = nn.ModuleDict()

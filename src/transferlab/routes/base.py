@@ -29,8 +29,9 @@ abstract methods, its data builder under :mod:`transferlab.data`, its backbones 
 from __future__ import annotations
 
 import copy
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from torch.utils.data import DataLoader
 from transferlab.callbacks import History
 from transferlab.data.loaders import load_dataset, make_loader
 from transferlab.errors import ConfigError
+from transferlab.finetune.wise import interpolate_state_dicts
 from transferlab.models.checkpoint import build_backbone, load_backbone, read_checkpoint
 from transferlab.paths import route_dirs
 from transferlab.study import Init
@@ -91,8 +93,6 @@ class Route(ABC):
         return data.get("task", "classification") != "lm"
 
     def manifest(self) -> dict[str, Any]:
-        import json
-
         path = self.dirs["manifest"]
         return json.loads(path.read_text()) if path.exists() else {}
 
@@ -273,12 +273,6 @@ def subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def wise_mix(lp: nn.Module, ft: nn.Module, alpha: float) -> nn.Module:
     """WiSE-FT: the model with weights ``(1 − α) w_lp + α w_ft``."""
-    from transferlab.finetune.wise import interpolate_state_dicts
-
     mix = copy.deepcopy(ft)
     mix.load_state_dict(interpolate_state_dicts(lp.state_dict(), ft.state_dict(), float(alpha)))
     return mix
-
-
-def route_names(cfg: DictConfig) -> Sequence[str]:
-    return [str(r) for r in cfg.get("routes", {})]

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from transferlab.data.loaders import make_loader
 from transferlab.data.text import build_text_data
+from transferlab.models.checkpoint import load_backbone
 from transferlab.routes.base import Route, subsample
 from transferlab.shift import estimators as est
 from transferlab.shift import measures
@@ -183,8 +184,6 @@ class TextRoute(Route):
         """Perplexity of each language model (and its DAPT twin) on the target's held-out text,
         and for unlabelled targets of a randomly initialised model of the primary's architecture
         (perplexity ≈ vocabulary size)."""
-        from transferlab.models.checkpoint import load_backbone
-
         rows: dict[str, dict[str, float]] = {}
         for o in self.objectives():
             init = Init("pretrained", self.arch_key(o), o)
@@ -257,7 +256,7 @@ class TextRoute(Route):
             return [np.nan if rows[t][m] is None else rows[t][m] for t in names]
 
         rho = est.correlations(col("kl_input"), col("test_ppl"))["spearman"]
-        return {"spearman_kl_ppl": None if not math.isfinite(rho) else round(float(rho), 6)}
+        return {"spearman_kl_ppl": measures.finite_or_none(rho)}
 
     def estimators(self, primary: str) -> dict[str, str]:
         s = self.cfg.shift.text

@@ -10,6 +10,7 @@ feature space uses the primary backbone's pooled features (:func:`feature_measur
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -178,6 +179,12 @@ def bootstrap_groups(
     return bootstrap(fns, rows_s, rows_t, n_boot=n_boot, seed=seed, max_n=None)
 
 
+def finite_or_none(x: float | None) -> float | None:
+    """A report value: ``x`` rounded to 6 decimals, or None when it is missing, NaN or infinite
+    (JSON has no NaN)."""
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
 def correlation_table(
     rows: Mapping[str, Mapping[str, Any]], measures: list[str]
 ) -> dict[str, dict[str, float | None]]:
@@ -190,5 +197,5 @@ def correlation_table(
             [np.nan if rows[t].get(m) is None else rows[t][m] for t in names], dtype=float
         )
         corr = est.correlations(values, gains)
-        out[m] = {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in corr.items()}
+        out[m] = {k: finite_or_none(v) for k, v in corr.items()}
     return out

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from transferlab.routes import Route
 from transferlab.study import FitResult
 
-#: ``execute(fits, tracked=False, state=True, test_acc=False) -> iterator of FitResult``.
+#: ``execute(fits, tracked=False, state=True, test_acc=False, logger=False, callbacks=())``:
+#: one FitResult per fit, in order (:func:`transferlab.pool.fit_executor`).
 Executor = Callable[..., Iterator[FitResult]]
 
 

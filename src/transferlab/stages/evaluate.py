@@ -14,7 +14,7 @@ Targets without classes are reported by the route (text: perplexity only, ``gain
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from transferlab.plots import accuracy_bars, confusion_grid, learning_curves
 from transferlab.routes import Route, get_route
 from transferlab.routes.base import wise_mix
 from transferlab.stages.context import Runtime
-from transferlab.study import variants
+from transferlab.study import Variant, variants
 
 
 def classification_metrics(
@@ -74,6 +74,7 @@ def metric_row(m: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def evaluate_target(
     route: Route,
+    arms: Sequence[Variant],
     target: str,
     data: Mapping[str, Any],
     ood: Mapping[str, Any] | None,
@@ -103,7 +104,7 @@ def evaluate_target(
 
     rows: dict[str, dict[str, float]] = {}
     models: dict[str, Any] = {}
-    for v in variants(cfg, route):
+    for v in arms:
         models[v.name], _ = load_classifier(route.dirs["finetune"] / v.name / f"{target}.pt")
         rows[v.name] = score(models[v.name], v.name)
     # WiSE-FT between the linear probe (pre-trained backbone, trained head: alpha = 0) and the
@@ -121,10 +122,12 @@ def evaluate_target(
     return rows
 
 
-def target_entry(route: Route, rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+def target_entry(
+    route: Route, arms: Sequence[Variant], rows: dict[str, dict[str, float]]
+) -> dict[str, Any]:
     """A labelled target's report entry: the rows, ``gain`` and ``gains`` (each variant against
     the scratch control of its own architecture; WiSE-FT mixes against the primary's)."""
-    controls = {v.name: v.control for v in variants(route.cfg, route)}
+    controls = {v.name: v.control for v in arms}
     primary = route.primary()
     acc = {v: r["test/acc"] for v, r in rows.items()}
     entry: dict[str, Any] = {
@@ -144,6 +147,7 @@ def target_entry(route: Route, rows: dict[str, dict[str, float]]) -> dict[str, A
 
 def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     route = get_route(cfg)
+    arms = variants(cfg, route)
     partners = route.manifest().get("ood_partner", {})
     primary = route.primary()
     report: dict[str, Any] = {"route": route.name, "primary_objective": primary, "targets": {}}
@@ -159,8 +163,8 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             else:
                 partner = partners.get(target)
                 ood = route.target_data(partner) if partner else None
-                rows = evaluate_target(route, target, data, ood, confusion)
-                entry = target_entry(route, rows)
+                rows = evaluate_target(route, arms, target, data, ood, confusion)
+                entry = target_entry(route, arms, rows)
             report["targets"][target] = entry
             tr.log_metrics(
                 {f"{target}/{v}/{k}": val for v, r in rows.items() for k, val in r.items()}

@@ -20,12 +20,17 @@ from transferlab.models.checkpoint import save_backbone, save_classifier
 from transferlab.progress import progress_bar
 from transferlab.routes import Route, get_route
 from transferlab.stages.context import Runtime, Tracker
-from transferlab.study import Fit, Init, fit_for, variants
+from transferlab.study import Fit, Init, Variant, fit_for, variants
 from transferlab.training import configure_torch
 
 
 def adapt_targets(
-    route: Route, datasets: dict[str, Any], out: Path, tr: Tracker, summary: dict[str, Any]
+    route: Route,
+    arms: list[Variant],
+    datasets: dict[str, Any],
+    out: Path,
+    tr: Tracker,
+    summary: dict[str, Any],
 ) -> dict[tuple[str, str], str]:
     """Continued (domain-adaptive) pre-training of each adaptable objective on every target, the
     unlabelled ones included (their perplexity is reported). Saves each adapted backbone as
@@ -33,9 +38,9 @@ def adapt_targets(
     route's before/after measures and the history, and returns ``{(target, <o>_dapt): path}``."""
     cfg = route.cfg
     paths: dict[tuple[str, str], str] = {}
-    arms = [v for v in variants(cfg, route) if v.init.kind == "adapted"]
+    adapted = [v for v in arms if v.init.kind == "adapted"]
     for target, data in datasets.items():
-        for v in arms:
+        for v in adapted:
             o = str(v.init.objective)
             logger = tr.lightning_logger(
                 f"dapt:{route.name}:{target}:{o}", {"target": target, "variant": v.name}
@@ -68,7 +73,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             atomic_dir(route.dirs["finetune"]) as out,
             progress_bar(progress, hosts_fits=True) as bar,
         ):
-            adapted = adapt_targets(route, datasets, out, tr, summary)
+            adapted = adapt_targets(route, arms, datasets, out, tr, summary)
             fits: list[Fit] = [
                 fit_for(cfg, t, v, adapted=adapted.get((t, v.name))) for t in labelled for v in arms
             ]

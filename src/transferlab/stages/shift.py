@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from typing import Any
 
 from omegaconf import DictConfig
@@ -27,10 +26,6 @@ from transferlab.routes import get_route
 from transferlab.shift import estimators as est
 from transferlab.shift import measures
 from transferlab.stages.context import Runtime
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
 def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
@@ -67,7 +62,9 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
                 **measures.feature_measures(f_src, f_tgt, seed=seed, eps=eps, knn_k=knn_k),
                 **route.extra_measures(entry),
             }
-            row: dict[str, Any] = {m: _finite(values[m]) for m in route.shift_measures}
+            row: dict[str, Any] = {
+                m: measures.finite_or_none(values[m]) for m in route.shift_measures
+            }
             if n_boot > 0:
                 row["ci"] = {
                     **route.input_ci(src, tgt, n_boot, seed),
