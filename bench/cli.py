@@ -24,6 +24,7 @@ from bench.common import (
     write_json_atomic,
 )
 from bench.datapath import data_path
+from bench.fits import fits_per_minute
 from bench.mfu import efficiency, gpu_section
 from bench.overhead import compare_arms, finetune_arm, pretrain_arm
 from bench.pipeline import last_pipeline_run, noop_repro, startup_times
@@ -46,11 +47,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         image_obj = primary(cfg, "image")
         text_obj = primary(cfg, "text")
         arms = sections & {"overhead", "efficiency", "data", "sweep"}
-        if arms or sections & {"scaling", "gpu"}:
+        if arms or sections & {"scaling", "gpu", "fits"}:
             result["data_build_s"] = {"image": rnd(build_data(cfg, "image"), 2)}
         if sections & {"overhead", "efficiency", "data"} and not args.no_text:
             result["data_build_s"]["text"] = rnd(build_data(cfg, "text"), 2)
         comparisons: dict[str, dict[str, Any]] = {}
+        if "fits" in sections:
+            result["fits"] = fits_per_minute(cfg)
         if arms:
             pairs = []
             for i in range(args.repeats):

@@ -34,7 +34,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GOALS = {"overhead_ratio": 1.05, "mfu": 0.5, "noop_repro_s": 5.0, "loader_vs_model": 1.0}
-SECTIONS = ("overhead", "efficiency", "data", "scaling", "sweep", "pipeline", "gpu")
+SECTIONS = ("fits", "overhead", "efficiency", "data", "scaling", "sweep", "pipeline", "gpu")
 
 
 def growth_exponent(xs: Sequence[float], ys: Sequence[float]) -> float:

@@ -111,6 +111,7 @@ class BareTrainer:
         self,
         *,
         max_epochs: int,
+        max_steps: int = -1,
         callbacks: Sequence[Any] = (),
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
@@ -121,6 +122,8 @@ class BareTrainer:
         from transferlab.resume import EpochSeed
 
         self.max_epochs = int(max_epochs)
+        self.max_steps = int(max_steps)  # -1: no step limit (as Lightning's Trainer)
+        self.global_step = 0
         self.seeders = [cb for cb in callbacks if isinstance(cb, EpochSeed)]
         self.limits = (limit_train_batches, limit_val_batches)
         self.record = record
@@ -157,6 +160,8 @@ class BareTrainer:
             starts: list[float] = []
             batches = iter(train)
             for _ in range(n_train):
+                if 0 <= self.max_steps <= self.global_step:
+                    break
                 t = time.perf_counter()
                 starts.append(t)
                 batch = next(batches)
@@ -165,6 +170,7 @@ class BareTrainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                self.global_step += 1
                 if hasattr(module, "remember_inputs"):  # the pretrain modules' batch-end hook
                     module.remember_inputs(batch)
                 if sched is not None and interval == "step":

@@ -57,6 +57,15 @@ def table(result: Mapping[str, Any]) -> str:
     def row(section: str, figure: str, value: str) -> None:
         rows.append((section, figure, value))
 
+    f = result.get("fits")
+    if f:
+        row(
+            "fits",
+            f"fits per minute, {f['target']}, {f['fits']} fits of {f['steps']} steps",
+            f"SGD in process {f['sgd_in_process']} vs fit pool {f['sgd_pool']} "
+            f"({f['sgd_ratio']}×); probe: SGD head {f['probe_sgd_head']} vs L-BFGS on cached "
+            f"features {f['probe_lbfgs']} ({f['probe_ratio']}×)",
+        )
     for key, o in result.get("overhead", {}).items():
         row(
             "overhead",
