@@ -20,6 +20,7 @@ TINY_IMAGE = {
     "source_test": 64,
     "targets": ["fmnist", "fmnist_inverted", "digits", "lfw", "textures"],
     "shots_per_class": 4,
+    "pool_per_class": 6,
     "val_per_class": 4,
     "test_per_class": 8,
     "texture_patch": 28,

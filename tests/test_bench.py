@@ -84,7 +84,7 @@ TINY = [
     "model.image.widths=[4,4,4,4]",
     "pretrain.image.max_epochs=2",
     "pretrain.image.batch_size=32",
-    "finetune.max_epochs=2",
+    "finetune.max_steps.image=4",
     "finetune.batch_size=8",
     "trainer.enable_progress_bar=false",
 ]
@@ -145,7 +145,8 @@ def test_bare_loop_matches_the_stage_fit_bit_for_bit(
     ft = OmegaConf.merge(cfg, {"paths": {"models_dir": str(work / "light")}})
     fl = overhead.finetune_arm("lightning", ft, work / "light", "fmnist", "mae")
     fb = overhead.finetune_arm("bare", ft, work / "light", "fmnist", "mae")
-    assert fl.steps == fb.steps == 2 * math.ceil(20 / 8)
+    # the step budget (finetune.max_steps.image=4), cut inside the second epoch of 3 batches
+    assert fl.steps == fb.steps == 4 < 2 * math.ceil(20 / 8)
     assert overhead.same_weights(fl, fb)
 
 
@@ -279,3 +280,15 @@ def test_goals_and_table_report_met_missed_and_unmeasured() -> None:
     assert met == {"overhead a": True, "MFU b": False, "no-op dvc repro s": None}
     text = report.table(result)
     assert "MISSED" in text and "not measured" in text and "not up to date" in text
+
+
+def test_fits_section_times_old_and_new_paths_on_the_same_fits(tiny: tuple[object, Path]) -> None:
+    from bench.fits import fits_per_minute
+
+    cfg, _ = tiny
+    f = fits_per_minute(cfg, n=2)
+    assert f["target"] == "fmnist" and f["fits"] == 2 and f["steps"] == 4
+    for key in ("sgd_in_process", "sgd_pool", "probe_sgd_head", "probe_lbfgs"):
+        assert f[key] > 0, key
+    assert f["sgd_ratio"] == round(f["sgd_pool"] / f["sgd_in_process"], 2)
+    assert f["probe_ratio"] == round(f["probe_lbfgs"] / f["probe_sgd_head"], 2)

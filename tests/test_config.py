@@ -45,7 +45,7 @@ def test_groups_per_concern_exist() -> None:
 
 def test_experiment_and_debug_overrides_compose() -> None:
     cfg = config.compose(["+experiment=linear_probe", "+debug=tiny"])
-    assert cfg.finetune.strategy == "linear_probe" and cfg.finetune.lr == 0.01
+    assert cfg.finetune.strategy == "linear_probe" and cfg.study.seeds == [0, 1]
     assert cfg.data.image.source_train == 512
 
 
@@ -71,7 +71,19 @@ def _cfg(*overrides: str):
             "finetune.optimizer='rmsprop' is not allowed; choose one of: adam, adamw, sgd",
         ),
         ("finetune.schedule=linear", "finetune", "choose one of: constant, inverse_time"),
-        ("finetune.max_epochs=0", "finetune", "finetune.max_epochs=0 must be >= 1"),
+        ("finetune.max_steps.image=0", "finetune", "finetune.max_steps.image=0 must be >= 1"),
+        ("study.lr_grid=[]", "finetune", "study.lr_grid must be a non-empty list"),
+        ("finetune.fine_tuned=[supervised]", "finetune", "leaves out the image route's primary"),
+        (
+            "finetune.fine_tuned=[mae,maee]",
+            "finetune",
+            "finetune.fine_tuned: unknown objective 'maee'",
+        ),
+        (
+            "study.select_seeds=4",
+            "finetune",
+            "study.select_seeds=4 exceeds the 3 seeds of study.seeds",
+        ),
         ("objective=bogus", "pretrain", "objective='bogus' is not allowed; choose one of: mae"),
         ("route=audio", "data", "route='audio' is not allowed"),
         ("data.image.shots_per_class=0", "data", "data.image.shots_per_class=0 must be >= 1"),

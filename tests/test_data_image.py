@@ -39,9 +39,9 @@ def test_shapes_and_exact_few_shot_counts(built: tuple[Path, dict]) -> None:
         assert d["train"]["x"].shape[1:] == (1, 28, 28) and d["train"]["x"].dtype == torch.uint8
         assert (
             torch.bincount(d["train"]["y"], minlength=k).tolist()
-            == [TINY_IMAGE["shots_per_class"]] * k
+            == [TINY_IMAGE["pool_per_class"]] * k  # the labelled pool each seed draws from
         )
-        assert manifest["datasets"][name]["splits"]["train"] == TINY_IMAGE["shots_per_class"] * k
+        assert manifest["datasets"][name]["splits"]["train"] == TINY_IMAGE["pool_per_class"] * k
     src = torch.load(out / "source.pt", weights_only=True)
     assert [len(src[s]["y"]) for s in ("train", "val", "test")] == [256, 64, 64]
 
@@ -107,10 +107,10 @@ def test_corrupt_source_is_reported(tmp_path: Path) -> None:
 def test_few_shot_larger_than_a_class_is_refused() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"shots_per_class=150 is too large for class 'face' of target 'lfw' \(100 examples; allowed at most 98\)",
+        match=r"pool_per_class=150 is too large for class 'face' of target 'lfw' \(100 examples; allowed at most 98\)",
     ):
         build_target(
-            "lfw", {**TINY_IMAGE, "shots_per_class": 150}, 0, (np.zeros((0, 28, 28)), np.zeros(0))
+            "lfw", {**TINY_IMAGE, "pool_per_class": 150}, 0, (np.zeros((0, 28, 28)), np.zeros(0))
         )
 
 

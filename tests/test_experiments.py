@@ -31,7 +31,10 @@ def test_dvc_experiments_carry_their_metrics_and_mlflow_runs_their_experiment(
     run(["git", "commit", "-qm", "baseline"], root)
     baseline = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     for name, lr in EXPS.items():
-        run([dvc, "exp", "run", "-n", name, "-S", "+debug=tiny", "-S", f"finetune.lr={lr}"], root)
+        run(
+            [dvc, "exp", "run", "-n", name, "-S", "+debug=tiny", "-S", f"study.lr_grid=[{lr}]"],
+            root,
+        )
 
     shown = json.loads(run([dvc, "exp", "show", "--json"], root).stdout)
     (base,) = [r for r in shown if r["rev"] == baseline]

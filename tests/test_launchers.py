@@ -99,7 +99,7 @@ def test_project_sweep_app_under_submitit_local(tiny_pipeline: Path, tmp_path: P
         "-m",
         "hydra/launcher=submitit_local",
         "+debug=tiny",
-        "finetune.max_epochs=1",
+        "finetune.max_steps.image=3",
         "finetune.lr=0.001,0.01",
         f"hydra.sweep.dir={sweep_dir}",
     ]

@@ -130,9 +130,9 @@ def test_a_missing_key_is_named() -> None:
             "finetune.variants.lp_ft.init='bogus' is not allowed; choose one of: ",
         ),
         ("+finetune.variants.fast.lrr=1", "finetune.variants.fast.lrr is not a finetune knob"),
-        ("finetune.variants.lp_ft.lr=-1", "finetune.variants.lp_ft.lr=-1 must be > 0"),
+        ("+finetune.variants.lp_ft.lr=-1", "finetune.variants.lp_ft.lr=-1 must be > 0"),
         (
-            "finetune.variants.l2sp.regularizer.name=l1",
+            "+finetune.variants.l2sp.regularizer.name=l1",
             "finetune.variants.l2sp.regularizer.name='l1' is not allowed",
         ),
         ("+finetune.variants.x.multitask.weights.main=0", None),  # valid: no aux task, main only

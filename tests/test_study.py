@@ -19,7 +19,16 @@ from transferlab.errors import ConfigError
 from transferlab.routes import get_route
 from transferlab.routes.image import ImageRoute
 from transferlab.routes.text import TextRoute
-from transferlab.study import Init, by_name, fit_for, merge_knobs, variants
+from transferlab.study import (
+    Init,
+    Protocol,
+    by_name,
+    final_fits,
+    fit_for,
+    grid_fits,
+    merge_knobs,
+    variants,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,15 +51,28 @@ def test_image_variants_are_declared_not_parsed(cfg) -> None:
     arms = variants(cfg, get_route(cfg, "image"))
     names = [v.name for v in arms]
     assert names == [
-        "mae", "contrastive", "gan", "supervised",
-        "mae/linear_probe", "mae/lp_ft", "mae/l2sp", "mae/multitask",
-        "scratch",
+        "mae", "supervised",  # finetune.fine_tuned; every objective gets a probe:
+        "mae/linear_probe", "mae/lp_ft",
+        "contrastive/linear_probe", "gan/linear_probe", "supervised/linear_probe",
+        "scratch", "floor/random_init", "floor/raw_input",
     ]  # fmt: skip
     arm = by_name(arms)
     assert arm["mae/lp_ft"].init == Init("pretrained", "cnn", "mae")
     assert arm["mae/lp_ft"].overrides["strategy"] == "lp_ft"
     assert arm["scratch"].init == Init("scratch", "cnn") and arm["scratch"].is_control
-    assert {v.control for v in arms if not v.is_control} == {"scratch"}
+    # the probe floors: the same architecture at random init, and the raw input, probed alike
+    assert (
+        arm["floor/random_init"].init == Init("scratch", "cnn") and arm["floor/random_init"].floor
+    )
+    assert (
+        arm["floor/raw_input"].init == Init("raw", "raw") and not arm["floor/raw_input"].is_control
+    )
+    # a probe's gain is measured against the random-init probe, every other arm's against scratch
+    assert arm["mae/linear_probe"].control == "floor/random_init"
+    probes = [v for v in arms if v.name.endswith("/linear_probe")]
+    assert {v.control for v in probes} == {"floor/random_init"}
+    fitted = [v for v in arms if not v.is_control and not v.floor and v not in probes]
+    assert {v.control for v in fitted} == {"scratch"}
 
 
 def test_a_declared_variant_may_start_from_another_objective(cfg) -> None:
@@ -71,7 +93,12 @@ def test_a_declared_variant_may_start_from_another_objective(cfg) -> None:
 
 
 def test_text_variants_have_one_control_per_architecture(cfg) -> None:
-    c = OmegaConf.merge(cfg, {"route": "text", "finetune": {"dapt_epochs": 1}})
+    default = by_name(variants(OmegaConf.merge(cfg, {"route": "text"}), get_route(cfg, "text")))
+    # clm is not in finetune.fine_tuned: its probe only, against the decoder's random-init probe
+    assert "clm" not in default and "scratch_decoder" not in default
+    assert default["clm/linear_probe"].control == "floor/random_init_decoder"
+    assert default["floor/random_init_decoder"].init == Init("scratch", "decoder")
+    c = OmegaConf.merge(cfg, {"route": "text", "finetune": {"dapt_epochs": 1, "fine_tuned": None}})
     arm = by_name(variants(c, get_route(c)))
     assert arm["mlm"].control == "scratch" and arm["clm"].control == "scratch_decoder"
     assert arm["clm_dapt"].init == Init("adapted", "decoder", "clm")
@@ -80,18 +107,20 @@ def test_text_variants_have_one_control_per_architecture(cfg) -> None:
 
 
 def test_continued_pretraining_skips_objectives_that_read_labels(cfg) -> None:
-    c = OmegaConf.merge(cfg, {"finetune": {"dapt_epochs": 1}})
+    c = OmegaConf.merge(cfg, {"finetune": {"dapt_epochs": 1, "fine_tuned": None}})
     names = [v.name for v in variants(c, get_route(c, "image"))]
     assert {"mae_dapt", "contrastive_dapt", "gan_dapt"} <= set(names)
     assert "supervised_dapt" not in names  # supervised pre-training reads labels
 
 
 def test_a_fit_carries_the_variants_and_its_own_overrides(cfg) -> None:
-    arm = by_name(variants(cfg, get_route(cfg, "image")))["mae/l2sp"]
-    fit = fit_for(cfg, "digits", arm, overrides={"max_epochs": 3}, shots=2, seed=7)
+    c = compose(["+experiment=remedies"])
+    arm = by_name(variants(c, get_route(c, "image")))["mae/l2sp"]
+    fit = fit_for(c, "digits", arm, overrides={"max_steps": 3}, shots=2, seed=7)
+    assert fit_for(c, "digits", arm).hparams["max_steps"] == c.finetune.max_steps.image
     assert fit.hparams["regularizer"]["name"] == "l2_sp"
     assert fit.hparams["regularizer"]["alpha"] == arm.overrides["regularizer"]["alpha"]
-    assert fit.hparams["weight_decay"] == 0.0 and fit.hparams["max_epochs"] == 3
+    assert fit.hparams["weight_decay"] == 0.0 and fit.hparams["max_steps"] == 3
     assert fit.hparams["lr"] == cfg.finetune.lr  # untouched knobs keep the config's value
     assert (fit.seed, fit.shots, fit.target) == (7, 2, "digits")
     assert "variants" not in fit.hparams
@@ -102,7 +131,24 @@ def test_every_strategy_of_the_schema_has_a_freezing_mode() -> None:
     from transferlab.schema import STRATEGIES
     from transferlab.stages.fit import STRATEGY_MODES
 
-    assert set(STRATEGY_MODES) == set(STRATEGIES)
+    # linear_probe is no SGD fit: a logistic regression on frozen features (run_probe)
+    assert set(STRATEGY_MODES) | {"linear_probe"} == set(STRATEGIES)
+
+
+def test_the_protocol_fits_the_grid_on_selecting_seeds_then_the_rest(cfg) -> None:
+    c = OmegaConf.merge(
+        cfg, {"study": {"seeds": [3, 4, 5], "lr_grid": [0.1, 0.01], "select_seeds": 2}}
+    )
+    protocol = Protocol.from_cfg(c)
+    arms = by_name(variants(c, get_route(c, "image")))
+    fit = fit_for(c, "lfw", arms["scratch"])
+    assert fit.shots == c.data.image.shots_per_class and fit.seed == 3
+    grid = grid_fits(fit, protocol)
+    assert [(f.hparams["lr"], f.seed) for f in grid] == [(0.1, 3), (0.1, 4), (0.01, 3), (0.01, 4)]
+    assert [(f.hparams["lr"], f.seed) for f in final_fits(fit, protocol, 0.01)] == [(0.01, 5)]
+    probe = fit_for(c, "lfw", arms["mae/linear_probe"])
+    assert [f.seed for f in grid_fits(probe, protocol)] == [3, 4, 5]  # a probe has no rate
+    assert final_fits(probe, protocol, None) == []
 
 
 def test_stages_hold_no_route_branches() -> None:

@@ -51,7 +51,7 @@ GRID = [0.03, 0.05, 0.07, 0.1, 1e-6, 1e9, -1]
 MAIN = [
     "hparams_search=lr_freeze_wd",
     "+debug=tiny",
-    f"finetune.max_epochs={EPOCHS}",
+    f"finetune.max_steps.image={3 * EPOCHS}",  # 3 steps per epoch: EPOCHS epochs
     "trainer.num_threads=1",
     "finetune.freeze_depth=2",
     "finetune.weight_decay=0.01",
@@ -94,13 +94,13 @@ def test_override_grammar_maps_to_optuna_distributions(override: str, expected) 
 
 def test_search_space_merges_config_and_command_line() -> None:
     space = parse_search_space(
-        {"finetune.lr": "tag(log, interval(1e-5, 1e-1))", "finetune.max_epochs": 7},
+        {"finetune.lr": "tag(log, interval(1e-5, 1e-1))", "finetune.max_steps.image": 7},
         ["finetune.lr=choice(0.01,0.1)", "+debug=tiny", "model/image=cnn,cnn2", "+x.y=1,2"],
     )
     by_name = {p.name: p for p in space.params}
     # the command line wins for the same key; fixed values pass through unchanged
     assert by_name["finetune.lr"].distribution == CategoricalDistribution([0.01, 0.1])
-    assert space.fixed == ["finetune.max_epochs=7", "+debug=tiny"]
+    assert space.fixed == ["finetune.max_steps.image=7", "+debug=tiny"]
     # prefixes and config groups are kept in the overrides a trial gets
     assert by_name["model/image"].override("cnn2") == "model/image='cnn2'"
     assert by_name["x.y"].override(2) == "+x.y=2"
@@ -226,7 +226,7 @@ def test_experiment_export_separates_values_groups_and_compositions() -> None:
             "+debug=tiny",
             "hparams_search=lr_freeze_wd",
             "sweep.target=digits",
-            "finetune.max_epochs=3",
+            "finetune.max_steps.image=9",
             "model/image='cnn'",
             "finetune.lr=0.001",
         ],
@@ -243,8 +243,9 @@ def test_experiment_export_separates_values_groups_and_compositions() -> None:
         "/model/image:",
         "cnn",
         "finetune:",
-        "max_epochs:",
-        "3",
+        "max_steps:",
+        "image:",
+        "9",
         "lr:",
         "0.001",
     ]
@@ -495,7 +496,7 @@ def test_best_trial_is_exported_as_an_experiment(swept: SimpleNamespace) -> None
     best = swept.study.best_trial
     cfg = compose(["+debug=tiny", "+experiment=best_main"], config_dir=swept.root / "conf")
     assert cfg.finetune.lr == _lr(best)
-    assert cfg.finetune.max_epochs == EPOCHS and cfg.finetune.freeze_depth == 2
+    assert cfg.finetune.max_steps.image == 3 * EPOCHS and cfg.finetune.freeze_depth == 2
     assert cfg.trainer.num_threads == 1
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert "sweep" not in body and "hparams_search" not in body and "logger" not in body
@@ -527,7 +528,7 @@ def test_two_workers_share_one_storage(project: Path) -> None:
     args = [
         "hparams_search=lr_freeze_wd",
         "+debug=tiny",
-        "finetune.max_epochs=3",
+        "finetune.max_steps.image=9",
         "trainer.num_threads=1",
         "hydra/sweeper/sampler=random",
         "hydra/sweeper/pruner=nop",
@@ -580,7 +581,7 @@ def test_dvc_queue_grid_over_a_param(project: Path) -> None:
             "-S",
             "+debug=tiny",
             "-S",
-            "finetune.max_epochs=1",
+            "finetune.max_steps.image=3",
             "-S",
             "finetune.lr=0.001,0.003",
         ],

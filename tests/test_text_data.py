@@ -32,6 +32,7 @@ TINY_CFG = {
     "seq_len": 32,
     "max_source_docs": 40,
     "shots_per_class": 4,
+    "pool_per_class": 6,
     "val_per_class": 5,
     "test_per_class": 6,
     "max_unlabelled_blocks": 20,
@@ -68,7 +69,7 @@ def test_layout_and_manifest(built: tuple[Path, dict]) -> None:
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["data_hash"] == manifest["data_hash"] == on_disk["hash"]
     # split sizes per dataset, in the image manifest's layout (the data stage logs them)
-    assert on_disk["datasets"]["fortunes"]["splits"]["train"] == 4 * TINY_CFG["shots_per_class"]
+    assert on_disk["datasets"]["fortunes"]["splits"]["train"] == 4 * TINY_CFG["pool_per_class"]
     assert on_disk["datasets"]["source"]["splits"] == on_disk["source"]["blocks"]
     assert on_disk["tokenizer"]["special_ids"] == {
         "[PAD]": 0,
@@ -133,7 +134,7 @@ def test_few_shot_counts_exact(built: tuple[Path, dict], name: str) -> None:
     data = torch.load(out / f"targets/{name}.pt")
     n_cls = len(data["classes"])
     for split, per in (
-        ("train", "shots_per_class"),
+        ("train", "pool_per_class"),  # the labelled pool each study seed draws its shots from
         ("val", "val_per_class"),
         ("test", "test_per_class"),
     ):

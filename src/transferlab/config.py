@@ -208,6 +208,38 @@ def validate(cfg: DictConfig, stage: str | None = None) -> None:
             )
     if route == "text":
         _validate_text(cfg, stage, objectives)
+    shots = int(cfg.data[route].shots_per_class)
+    pool = int(cfg.data[route].pool_per_class)
+    if shots > pool:
+        raise ConfigError(
+            f"data.{route}.shots_per_class={shots} is too large: each seed draws its shots from "
+            f"a pool of data.{route}.pool_per_class={pool} per class; allowed 1..{pool}"
+        )
+    if stage in (None, "finetune", "evaluate", "curves"):
+        n_seeds, select = len(cfg.study.seeds), int(cfg.study.select_seeds)
+        if select > n_seeds:
+            raise ConfigError(
+                f"study.select_seeds={select} exceeds the {n_seeds} seeds of study.seeds; "
+                f"allowed 1..{n_seeds}"
+            )
+        if len(set(cfg.study.seeds)) != n_seeds:
+            raise ConfigError(
+                f"study.seeds={list(cfg.study.seeds)} repeats a seed; give distinct seeds"
+            )
+    if stage in (None, "finetune", "evaluate", "curves"):
+        tuned = cfg.finetune.get("fine_tuned")
+        for name in tuned or []:
+            if str(name) not in known:
+                raise ConfigError(
+                    f"finetune.fine_tuned: unknown objective '{name}'; allowed: {', '.join(known)}"
+                )
+        primary = str(OmegaConf.select(cfg, primary_key(cfg, route)))
+        if tuned is not None and primary not in [str(t) for t in tuned]:
+            raise ConfigError(
+                f"finetune.fine_tuned={list(tuned)} leaves out the {route} route's primary "
+                f"objective '{primary}' (its fine-tuned model is the report's `pretrained`); "
+                "add it, or null: all"
+            )
     if stage in (None, "finetune", "evaluate"):
         _finetune_rules(cfg, "finetune")
         _validate_variants(cfg, route, objectives)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.pyplot as plt
 
 from transferlab.io import atomic_path
@@ -23,24 +24,121 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
-def accuracy_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
-    """Grouped bars: test accuracy per target (x) and variant (colour, one distinct colour each:
-    tab20 past ten variants); the legend sits outside the axes, never over the bars."""
+Bar = tuple[float, float | None, float | None]  #: (mean, interval low, interval high)
+
+
+def _variant_order(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Variants in first-seen order, controls and floors last."""
+    seen = list(dict.fromkeys(v for r in rows.values() for v in r))
+    return sorted(
+        seen, key=lambda v: (v.startswith("floor/"), v.startswith("scratch"), seen.index(v))
+    )
+
+
+def _colours(n: int) -> list[Any]:
+    """``n`` distinct colours (tab10, then tab20, then evenly spaced hues)."""
     plt = _plt()
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def variant_colours(names: Sequence[str]) -> dict[str, Any]:
+    """One distinct colour per variant (controls and floors last), to share between plots."""
+    order = _variant_order({"": dict.fromkeys(names)})
+    return dict(zip(order, _colours(len(order)), strict=True))
+
+
+def _grouped_bars(
+    ax: Any,
+    rows: Mapping[str, Mapping[str, Bar]],
+    hollow: Any = None,
+    palette: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """Grouped bars (x: target, colour: variant, from ``palette`` when given) with their intervals
+    as error bars; a bar for which ``hollow(target, variant, bar)`` holds is an outline."""
     targets = list(rows)
-    variants = sorted({v for r in rows.values() for v in r}, key=lambda v: (v == "scratch", v))
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(2.6 + 1.3 * len(targets) + 0.05 * len(variants), 3.6))
+    variants = _variant_order(rows)
+    palette = palette or variant_colours(variants)
+    colours = [palette[v] for v in variants]
     width = 0.8 / max(1, len(variants))
+    handles = []
     for i, v in enumerate(variants):
-        xs = [t + (i - (len(variants) - 1) / 2) * width for t in range(len(targets))]
-        ys = [rows[t].get(v, float("nan")) for t in targets]
-        ax.bar(xs, ys, width, label=v, color=cmap(i % cmap.N))
+        for t_i, t in enumerate(targets):
+            if v not in rows[t]:
+                continue
+            y, lo, hi = rows[t][v]
+            x = t_i + (i - (len(variants) - 1) / 2) * width
+            empty = hollow is not None and hollow(t, v, rows[t][v])
+            ax.bar(
+                x,
+                y,
+                width,
+                color="none" if empty else colours[i],
+                edgecolor=colours[i],
+                lw=1.0,
+                hatch="///" if empty else None,
+            )
+            if lo is not None and hi is not None:
+                ax.errorbar(
+                    x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", lw=0.8, capsize=1.5
+                )
+        handles.append(matplotlib.patches.Patch(color=colours[i], label=v))
     ax.set_xticks(range(len(targets)), targets, rotation=20)
+    return variants, handles
+
+
+def accuracy_bars(
+    rows: Mapping[str, Mapping[str, Bar]],
+    path: Path,
+    title: str,
+    palette: Mapping[str, Any] | None = None,
+) -> None:
+    """Grouped bars: mean test accuracy per target (x) and variant (colour, one distinct colour
+    each), with the interval over seeds as an error bar; the legend sits outside the axes."""
+    plt = _plt()
+    n_var = len(_variant_order(rows))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.5 * len(rows) + 0.08 * n_var, 3.8))
+    _, handles = _grouped_bars(ax, rows, palette=palette)
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(
+        handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )
+    _save(fig, path)
+
+
+def gain_plot(
+    rows: Mapping[str, Mapping[str, Bar]],
+    path: Path,
+    title: str,
+    palette: Mapping[str, Any] | None = None,
+) -> None:
+    """Paired gains over the control per target and variant with their intervals; a gain whose
+    interval contains 0 (unresolved) is drawn hollow and hatched, never as a solid winner."""
+    plt = _plt()
+    n_var = len(_variant_order(rows))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.5 * len(rows) + 0.08 * n_var, 3.8))
+
+    def unresolved(_t: str, _v: str, bar: Bar) -> bool:
+        _, lo, hi = bar
+        return lo is None or hi is None or lo <= 0 <= hi
+
+    _, handles = _grouped_bars(ax, rows, hollow=unresolved, palette=palette)
+    handles.append(
+        matplotlib.patches.Patch(
+            facecolor="none", edgecolor="grey", hatch="///", label="unresolved (CI contains 0)"
+        )
+    )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("gain in test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(
+        handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )
     _save(fig, path)
 
 
@@ -64,20 +162,27 @@ def kl_vs_gain(
     xlabel: str,
     title: str,
     kl_err: Sequence[tuple[float, float]] | None = None,
+    gain_err: Sequence[Sequence[float | None] | None] | None = None,
 ) -> None:
-    """Scatter of a shift measure against transfer gain, one labelled point per target."""
+    """Scatter of a shift measure against transfer gain, one labelled point per target; the
+    measure's bootstrap interval as a horizontal bar, the gain's interval over seeds as a
+    vertical one."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     ax.scatter(kl, gain, zorder=3)
     if kl_err is not None:
         _intervals(ax, kl_err, gain)
+    for x, ci in zip(kl, gain_err or [None] * len(kl), strict=True):
+        if ci is not None and ci[0] is not None and ci[1] is not None:
+            ax.plot([x, x], [ci[0], ci[1]], color="C1", lw=1.2, alpha=0.7)
+            ax.plot([x, x], [ci[0], ci[1]], "_", color="C1", ms=8, alpha=0.7)
     for n, x, y in zip(names, kl, gain, strict=True):
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.margins(x=0.15)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("gain = acc(pretrained) − acc(scratch)")
-    ax.set_title(title)
+    ax.set_ylabel("paired gain = acc(pretrained) − acc(scratch)")
+    ax.set_title(title, fontsize=9)
     _save(fig, path)
 
 
@@ -89,7 +194,7 @@ def measures_vs_gain(
     correlations: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> None:
     """One panel per shift measure: its value (x; the row's ``ci`` drawn as a bar where it has one)
-    against ``gain`` (y), one labelled point per target; the panel title carries Spearman ρ and
+    against ``gain`` (y; its ``gain_ci`` over seeds as a vertical bar), one labelled point per target; the panel title carries Spearman ρ and
     Pearson r from ``correlations``. Targets whose value or gain is null are left out of a panel."""
     plt = _plt()
     ncols = min(4, max(1, len(measures)))
@@ -108,6 +213,9 @@ def measures_vs_gain(
         for t, x, y, _ in pts:
             ax.plot([x], [y], "o", color="C0", zorder=3)
             ax.annotate(t, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            g = rows[t].get("gain_ci")  # the gain's interval over seeds, vertical
+            if g is not None and None not in g:
+                ax.plot([x, x], [g[0], g[1]], color="C1", lw=1.0, alpha=0.7)
         _intervals(ax, [ci for *_, ci in pts], [y for _, _, y, _ in pts])
         ax.margins(x=0.2)
         c = (correlations or {}).get(m) or {}
@@ -125,20 +233,32 @@ def measures_vs_gain(
     _save(fig, path)
 
 
-def learning_curves(history: Mapping[str, Mapping[str, Mapping[str, list]]], path: Path) -> None:
-    """Validation accuracy per epoch: one panel per target, one line per variant."""
+def learning_curves(
+    history: Mapping[str, Mapping[str, Mapping[str, list]]], path: Path, title: str = ""
+) -> None:
+    """Validation accuracy against optimizer steps: one panel per target, one line per variant
+    (distinct colours), the legend beside the last panel."""
     plt = _plt()
     targets = list(history)
     fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.0), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
-        for variant, rec in history[target].items():
-            rows = [r for r in rec["history"] if "val/acc" in r]
-            ax.plot([r["epoch"] + 1 for r in rows], [r["val/acc"] for r in rows], label=variant)
+        names = list(history[target])
+        for variant, colour in zip(names, _colours(len(names)), strict=True):
+            rows = [r for r in history[target][variant]["history"] if "val/acc" in r]
+            ax.plot(
+                [r["step"] for r in rows],
+                [r["val/acc"] for r in rows],
+                label=variant,
+                color=colour,
+                lw=1,
+            )
         ax.set_title(target, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("val accuracy")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 
@@ -181,26 +301,45 @@ def confusion_grid(
 
 
 def curve_panels(
-    curves: Mapping[str, Mapping[str, Mapping[float, float]]],
+    curves: Mapping[str, Mapping[str, Mapping[float, Bar]]],
     path: Path,
     xlabel: str,
     title: str,
     logx: bool = False,
 ) -> None:
-    """One panel per target, one line per series: e.g. accuracy vs freezing depth or vs shots."""
+    """One panel per target, one line per series (distinct colours): the mean at each x with its
+    interval as error bars, e.g. accuracy vs freezing depth or vs shots."""
     plt = _plt()
     targets = list(curves)
     fig, axes = plt.subplots(1, len(targets), figsize=(3.0 * len(targets), 2.9), squeeze=False)
+    names = list(dict.fromkeys(s for t in targets for s in curves[t]))
+    colours = dict(zip(names, _colours(len(names)), strict=True))
     for ax, target in zip(axes[0], targets, strict=True):
-        for series, pts in curves[target].items():
+        for i, (series, pts) in enumerate(curves[target].items()):
             xs = sorted(pts, key=float)
-            ax.plot([float(x) for x in xs], [pts[x] for x in xs], marker="o", label=series)
+            # series side by side by a few percent of x so their error bars never overlap
+            shift = (i - (len(curves[target]) - 1) / 2) * 0.04
+            xv = [float(x) * (1 + shift) if logx else float(x) + shift * 2 for x in xs]
+            ys = [pts[x][0] for x in xs]
+            lo = [pts[x][0] - pts[x][1] if pts[x][1] is not None else 0.0 for x in xs]
+            hi = [pts[x][2] - pts[x][0] if pts[x][2] is not None else 0.0 for x in xs]
+            ax.errorbar(
+                xv,
+                ys,
+                yerr=[lo, hi],
+                marker="o",
+                ms=3,
+                capsize=2,
+                lw=1,
+                label=series,
+                color=colours[series],
+            )
         ax.set_title(target, fontsize=9)
         ax.set_xlabel(xlabel)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.02)
         if logx:
             ax.set_xscale("log")
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)

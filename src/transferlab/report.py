@@ -48,16 +48,143 @@ def _fmt(v: Any, ci: Sequence[float | None] | None = None) -> str:
 
 
 def best_variant(entry: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The variant with the highest test accuracy (the ``pretrained`` alias is not counted twice)."""
+    """The variant with the highest mean test accuracy (the ``pretrained`` alias is not counted
+    twice; floors are not variants)."""
     scores = {
         v: r["test/acc"]
         for v, r in entry.items()
-        if isinstance(r, Mapping) and "test/acc" in r and v != "pretrained"
+        if isinstance(r, Mapping)
+        and "test/acc" in r
+        and v != "pretrained"
+        and not v.startswith("floor/")
     }
     if not scores:
         return None
     name = max(scores, key=lambda v: (scores[v], v == "scratch"))
     return name, scores[name]
+
+
+def _ci(row: Mapping[str, Any], metric: str = "test/acc") -> list[float | None] | None:
+    return (row.get("ci") or {}).get(metric)
+
+
+def _gain(g: float | None, iv: Mapping[str, Any] | None) -> str:
+    """A paired gain with its interval; resolved ones in bold, unresolved ones say so."""
+    if g is None:
+        return "–"
+    iv = iv or {}
+    lo, hi = iv.get("lo"), iv.get("hi")
+    if lo is None or hi is None:
+        return f"{g:+.3f} (one seed: unresolved)"
+    text = f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"**{text}**" if iv.get("resolved") else f"{text} unresolved"
+
+
+def _lr(v: Any, variant: str = "") -> str:
+    """The selected rate; ``probe`` for a probe (its C is chosen instead), – for a WiSE-FT mix."""
+    if v is not None:
+        return f"{float(v):g}"
+    return "probe" if variant.endswith("/linear_probe") or variant.startswith("floor/") else "–"
+
+
+def failed_section(reports: Path, routes: Sequence[str]) -> list[str]:
+    """The fits that did not learn their own training set (or diverged), for every route: listed
+    first, because every number built on them is suspect."""
+    rows = []
+    for route in routes:
+        path = reports / route / "evaluate.json"
+        if not path.exists():
+            continue
+        ev = json.loads(path.read_text())
+        for t, e in ev.get("targets", {}).items():
+            for v, seeds in (e.get("failed") or {}).items():
+                row = e.get("pretrained" if v == ev.get("primary_objective") else v, {})
+                rows.append(
+                    f"| {route} | {t} | `{v}` | {', '.join(str(s) for s in seeds)} | "
+                    f"{_fmt(row.get('train/acc'))} | {_lr(row.get('lr'), v)} |"
+                )
+    if not rows:
+        return [
+            "**Failed fits:** none (every fit's final train accuracy is above chance + the margin).",
+            "",
+        ]
+    return [
+        "## Failed fits",
+        "",
+        "Fits whose final train accuracy stayed within `study.fail_margin` of chance (or diverged): "
+        "their arm's numbers are averaged over seeds that did not learn; read them with care.",
+        "",
+        "| route | target | variant | failed seeds | mean train acc | lr |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def protocol_line(ev: Mapping[str, Any]) -> str:
+    p = ev.get("protocol") or {}
+    if not p:
+        return ""
+    seeds = p.get("seeds", [])
+    return (
+        f"Protocol: {len(seeds)} seeds {seeds} (each redraws the few-shot subset, head init and "
+        f"data order); every arm picks its learning rate from {p.get('lr_grid')} by seed-mean val "
+        f"accuracy on the first {p.get('select_seeds')} seed(s); {p.get('interval', 't interval')}; "
+        "gains are paired per seed. **Bold** gains are resolved (interval excludes 0)."
+    )
+
+
+def comparison_tables(ev: Mapping[str, Any]) -> list[str]:
+    """Targets × variants: mean test accuracy [interval] and the selected rate; then the paired
+    gains over each variant's control."""
+    labelled = {t: e for t, e in ev.get("targets", {}).items() if e.get("gain") is not None}
+    if not labelled:
+        return []
+    primary = ev.get("primary_objective")
+    targets = list(labelled)
+    names = list(
+        dict.fromkeys(
+            v
+            for e in labelled.values()
+            for v, r in e.items()
+            if isinstance(r, Mapping) and "test/acc" in r and v != "pretrained"
+        )
+    )
+    names = [str(primary), *(n for n in names if n != primary)]
+    head = "| " + " | ".join(targets) + " |"
+    rule = "|---|" + "---|" * len(targets)
+    lines = [
+        "",
+        "Test accuracy, mean [interval] over seeds · selected learning rate (probe: a logistic "
+        "regression, its L2 strength chosen on val; –: a WiSE-FT weight mix):",
+        "",
+        "| variant " + head,
+        rule,
+    ]
+    for v in names:
+        cells = []
+        for t in targets:
+            r = labelled[t].get("pretrained" if v == primary else v)
+            cells.append(
+                "–" if r is None else f"{_fmt(r['test/acc'], _ci(r))} · {_lr(r.get('lr'), v)}"
+            )
+        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    gain_names = list(dict.fromkeys(v for e in labelled.values() for v in e.get("gains", {})))
+    lines += [
+        "",
+        "Paired gain in test accuracy over the variant's control (scratch of the same "
+        "architecture; for a probe the random-init probe):",
+        "",
+        "| variant " + head,
+        rule,
+    ]
+    for v in gain_names:
+        cells = [
+            _gain(labelled[t].get("gains", {}).get(v), labelled[t].get("gain_intervals", {}).get(v))
+            for t in targets
+        ]
+        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def route_section(route: str, reports: Path) -> list[str]:
@@ -75,8 +202,13 @@ def route_section(route: str, reports: Path) -> list[str]:
         f"## {route} route",
         "",
         f"Source: `{sh.get('source', '?')}`; primary objective: `{ev.get('primary_objective', '?')}`. "
-        "Gain = test accuracy of the pre-trained model minus scratch (same architecture and budget); "
-        "– where a target has no labels. Brackets: 95 % percentile-bootstrap interval "
+        + protocol_line(ev),
+    ]
+    lines += comparison_tables(ev)
+    lines += [
+        "",
+        "Shift per target and the primary's gain over scratch (– where a target has no labels). "
+        "Shift brackets: 95 % percentile-bootstrap interval "
         f"({sh.get('n_boot', '?')} draws); the interval of a biased plug-in estimator can sit "
         "beside the point estimate (an upward-biased divergence's: above it).",
         "",
@@ -92,10 +224,22 @@ def route_section(route: str, reports: Path) -> list[str]:
         ci = s.get("ci", {})
         best = best_variant(e)
         pre, scr = e.get("pretrained", {}), e.get("scratch", {})
+        gain = (
+            _gain(
+                e.get("gain"),
+                {
+                    "lo": (e.get("gain_ci") or [None, None])[0],
+                    "hi": (e.get("gain_ci") or [None, None])[1],
+                    "resolved": e.get("gain_resolved"),
+                },
+            )
+            if e.get("gain") is not None
+            else "–"
+        )
         lines.append(
             f"| {t} | "
             + " | ".join(_fmt(s.get(k), ci.get(k)) for k, _ in cols)
-            + f" | {_fmt(pre.get('test/acc'))} | {_fmt(scr.get('test/acc'))} | {_fmt(e.get('gain'))} | "
+            + f" | {_fmt(pre.get('test/acc'), _ci(pre))} | {_fmt(scr.get('test/acc'), _ci(scr))} | {gain} | "
             + (f"`{best[0]}` ({best[1]:.3f})" if best else "–")
             + " |"
         )
@@ -116,7 +260,8 @@ def route_section(route: str, reports: Path) -> list[str]:
             lines.append(f"| {m} | {_fmt(c.get('spearman'))} | {_fmt(c.get('pearson'))} |")
     lines += curves_section(reports / route / "curves.json")
     for png, caption in (
-        ("accuracy.png", "Test accuracy per target and variant"),
+        ("accuracy.png", "Test accuracy per target and variant (error bars: interval over seeds)"),
+        ("gains.png", "Paired gains over the control (hollow: unresolved)"),
         ("kl_vs_gain.png", "Shift vs transfer gain"),
         ("shift_vs_gain.png", "Every shift measure vs transfer gain"),
         ("freeze_depth.png", "Accuracy vs freezing depth"),
@@ -129,6 +274,13 @@ def route_section(route: str, reports: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _point(p: Any) -> str:
+    """A curve point: ``{"mean", "lo", "hi"}`` as mean [lo, hi] (a bare number as itself)."""
+    if isinstance(p, Mapping):
+        return _fmt(p.get("mean"), [p.get("lo"), p.get("hi")])
+    return _fmt(p)
+
+
 def curves_section(path: Path) -> list[str]:
     """Markdown tables of a route's ``curves.json``: one column per target (so that the only row
     that starts with a target's name stays the shift table's)."""
@@ -139,20 +291,20 @@ def curves_section(path: Path) -> list[str]:
     if not targets:
         return []
     objective = curves.get("objective", "pretrained")
-    epochs = curves.get("max_epochs")
-    budget = f", {epochs} fine-tuning epoch{'s' * (epochs != 1)} per point" if epochs else ""
+    steps, seeds = curves.get("max_steps"), curves.get("seeds") or []
+    budget = f", {steps} optimizer steps and {len(seeds)} seeds per point" if steps else ""
     head = "| " + " | ".join(targets) + " |"
     rule = "|---|" + "---|" * len(targets)
     depths = sorted({k for t in targets for k in curves["targets"][t]["freeze_depth"]}, key=int)
     lines = [
         "",
-        f"Accuracy vs frozen blocks k (`{objective}`{budget}; k = all blocks is a linear probe):",
+        f"Accuracy vs frozen blocks k (`{objective}`{budget}; k = all blocks trains the head only):",
         "",
         "| frozen blocks k " + head,
         rule,
     ]
     for k in depths:
-        cells = [_fmt(curves["targets"][t]["freeze_depth"].get(k)) for t in targets]
+        cells = [_point(curves["targets"][t]["freeze_depth"].get(k)) for t in targets]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     shots = sorted(
         {n for t in targets for pts in curves["targets"][t]["shots"].values() for n in pts}, key=int
@@ -169,7 +321,7 @@ def curves_section(path: Path) -> list[str]:
         for t in targets:
             series = curves["targets"][t]["shots"]
             pre, scr = series.get(objective, {}).get(n), series.get("scratch", {}).get(n)
-            cells.append(f"{_fmt(pre)} / {_fmt(scr)}")
+            cells.append(f"{_point(pre)} / {_point(scr)}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
 
@@ -182,6 +334,7 @@ def write_summary(reports: Path, routes: Sequence[str]) -> str:
         "Shift measures are documented in each route's `shift.json` (`estimators`).",
         "",
     ]
+    body += failed_section(reports, routes)
     for route in routes:
         body += route_section(route, reports)
     text = "\n".join(body)

@@ -70,9 +70,15 @@ class Resume:
     """Checkpoint callback + the checkpoint to resume from (if a previous attempt left one)."""
 
     def __init__(
-        self, name: str, parts: Mapping[str, Any], root: Path = RESUME_ROOT, enabled: bool = True
+        self,
+        name: str,
+        parts: Mapping[str, Any],
+        root: Path = RESUME_ROOT,
+        enabled: bool = True,
+        every_n_epochs: int = 1,
     ) -> None:
         self.enabled = enabled
+        self.every_n_epochs = int(every_n_epochs)
         self.dir = root / f"{name}-{run_key(parts)}"
         last = self.dir / "last.ckpt"
         self.ckpt_path: str | None = str(last) if enabled and last.exists() else None
@@ -94,7 +100,7 @@ class Resume:
                 filename="last",
                 monitor=None,
                 save_top_k=1,
-                every_n_epochs=1,
+                every_n_epochs=self.every_n_epochs,
                 save_on_train_epoch_end=True,
                 enable_version_counter=False,
             )

@@ -193,7 +193,14 @@ class ImageDataConf:
         "targets in increasing shift (fmnist, fmnist_inverted, digits, lfw, textures)",
         nonempty=True,
     )
-    shots_per_class: int = knob(20, "labelled fine-tuning examples per class (few-shot)", ge=1)
+    shots_per_class: int = knob(
+        20, "labelled fine-tuning examples per class (few-shot), drawn per seed from the pool", ge=1
+    )
+    pool_per_class: int = knob(
+        40,
+        "labelled train pool per class (>= shots_per_class); each study seed draws its shots from it",
+        ge=1,
+    )
     val_per_class: int = knob(20, "held-out validation examples per class (at most)", ge=1)
     test_per_class: int = knob(100, "held-out test examples per class (at most)", ge=1)
     texture_patch: int = knob(28, "side of the square patches cut from the texture images", ge=1)
@@ -228,6 +235,11 @@ class TextDataConf:
     )
     shots_per_class: int = knob(
         16, "labelled fine-tuning items per class (few-shot, as in LM-BFF)", ge=1
+    )
+    pool_per_class: int = knob(
+        32,
+        "labelled train pool per class (>= shots_per_class); each study seed draws its shots from it",
+        ge=1,
     )
     val_per_class: int = knob(
         16, "held-out validation items per class (as many as the shots)", ge=1
@@ -676,9 +688,26 @@ class AlignmentConf:
 
 
 @dataclass
+class StepsConf:
+    image: int = knob(100, "image route: the scratch control fits its train set by 100", ge=1)
+    text: int = knob(50, "text route: the scratch control fits its train set by 50", ge=1)
+
+
+@dataclass
 class FinetuneConf:
-    max_epochs: int = knob(12, "fine-tuning epochs per fit", ge=1)
+    max_steps: StepsConf = knob(
+        StepsConf,
+        "optimizer steps per fit, per route, whatever the size of the training set (epochs are "
+        "derived: ceil(max_steps / batches per epoch)); every arm of a route's study gets the "
+        "same budget (docs/protocol.md: the measured curve behind the defaults)",
+    )
     batch_size: int = knob(32, "fine-tuning batch size", ge=1)
+    val_checks: int = knob(
+        5,
+        "validation passes per fit, evenly spaced in epochs (learning curves, early stopping, "
+        "pruning); the final model's val accuracy is always measured",
+        ge=1,
+    )
     optimizer: str = knob("adamw", "adam | adamw | sgd (momentum 0.9)", choices=Optimizer)
     lr: float = knob(0.001, "eta_0, the head's (and full fine-tuning's) learning rate", gt=0)
     weight_decay: float = knob(0.01, "decoupled (AdamW) weight decay", ge=0)
@@ -691,6 +720,12 @@ class FinetuneConf:
     label_smoothing: float = knob(0.0, "cross-entropy label smoothing", ge=0, le=0.99)
     freeze_depth: int = knob(0, "first k backbone blocks frozen (0 = full fine-tuning)", ge=0)
     freeze_norm_stats: bool = knob(True, "frozen blocks keep their BatchNorm running statistics")
+    precise_bn: bool = knob(
+        True,
+        "after the last step, re-estimate the BatchNorm statistics of the trained blocks on the "
+        "fit's training inputs (precise BN, Wu & Johnson 2021): the running average lags weights "
+        "that moved fast, which left short fits at chance in eval mode",
+    )
     head_dropout: float = knob(0.0, "dropout before the classification head", ge=0, lt=1)
     dapt_epochs: int = knob(
         0,
@@ -700,20 +735,21 @@ class FinetuneConf:
     )
     strategy: str = knob(
         "full",
-        "full (first freeze_depth blocks frozen) | linear_probe | lp_ft (probe, then fine-tune) "
+        "full (first freeze_depth blocks frozen) | linear_probe (logistic regression on frozen "
+        "features, L2 strength chosen on val; no SGD) | lp_ft (that probe's head, then full "
+        "fine-tuning: Kumar et al. 2022) "
         "| gradual (ULMFiT: one more block unfrozen every unfreeze_every epochs)",
         choices=Strategy,
     )
-    lp_epochs: int = knob(
-        5, "lp_ft: epochs of linear probing before the backbone is unfrozen", ge=1
-    )
     unfreeze_every: int = knob(3, "gradual: epochs between two unfreezings", ge=1)
-    lp_ft_lr_factor: float = knob(1.0, "lr of newly unfrozen blocks = factor x head lr", gt=0)
+    lp_ft_lr_factor: float = knob(
+        1.0, "gradual: lr of newly unfrozen blocks = factor x head lr", gt=0
+    )
     layerwise_decay: float | None = knob(
         None, "discriminative lr: block i of n gets lr * decay^(n - i); null = off", gt=0, le=1
     )
     early_stopping_patience: int = knob(
-        0, "stop when val/acc has not improved for this many epochs; 0 = off", ge=0
+        0, "stop when val/acc has not improved for this many validation passes; 0 = off", ge=0
     )
     regularizer: RegularizerConf = knob(RegularizerConf, "regularisation of the fine-tuned weights")
     multitask: MultitaskConf = knob(
@@ -722,22 +758,38 @@ class FinetuneConf:
     alignment: AlignmentConf = knob(
         AlignmentConf, "distribution matching to the source during fine-tuning"
     )
+    fine_tuned: list[str] | None = knob(
+        ["mae", "supervised", "mlm"],
+        "pre-trained objectives fine-tuned end to end as arms of the study (names of either "
+        "route); null: every objective of pretrain.<route>.objectives. The others (default: "
+        "contrastive, gan, clm) are compared by their linear probe, to keep the default run "
+        "within 10 minutes",
+    )
+    probe_objectives: bool = knob(
+        True,
+        "every pre-trained objective gets a linear-probe arm <o>/linear_probe (the standard SSL "
+        "comparison, next to the random-init and raw-input floors)",
+    )
     variants: dict[str, Any] = knob(
         {
-            "linear_probe": {"strategy": "linear_probe", "lr": 0.01},
-            "lp_ft": {"strategy": "lp_ft", "lp_epochs": 5, "lr": 0.01, "lp_ft_lr_factor": 0.1},
-            "l2sp": {
-                "regularizer": {"name": "l2_sp", "alpha": 0.01, "beta": 0.01},
-                "weight_decay": 0.0,
-            },
-            "multitask": {"multitask": {"tasks": ["aux"], "weighting": "uncertainty"}},
+            "linear_probe": {"strategy": "linear_probe"},
+            "lp_ft": {"strategy": "lp_ft"},
         },
         "extra variants <init>/<name>: finetune knob overrides, plus `init` (the objective whose "
         "backbone it starts from; default: the route's primary)",
     )
+    probe_cs: list[float] = knob(
+        [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
+        "linear_probe: inverse L2 strengths C of the logistic regression; the one with the best "
+        "val accuracy is kept (features standardised on the train split)",
+        gt=0,
+        item="C",
+        nonempty=True,
+    )
     wise_alphas: list[float] = knob(
         [0.0, 0.5, 1.0],
-        "WiSE-FT: evaluate (1 - a) w_lp + a w_ft between the linear_probe and full variants",
+        "WiSE-FT: evaluate (1 - a) w_lp + a w_ft between the primary's linear_probe and its "
+        "lp_ft (fine-tuned from that probe's head, so the two are weight-space connected)",
         ge=0,
         le=1,
         item="alpha",
@@ -748,6 +800,40 @@ class FinetuneConf:
 VARIANT_KEYS: dict[str, str] = {
     "init": "the objective whose pre-trained backbone the variant starts from (default: the route's primary)"
 }
+
+
+# --------------------------------------------------------------------------- study protocol
+@dataclass
+class StudyConf:
+    seeds: list[int] = knob(
+        [0, 1, 2],
+        "fit seeds: each redraws the few-shot subset (from the pool), the head init and the data "
+        "order; within a seed every arm of a target sees the same subset (paired gains)",
+        ge=0,
+        item="seed",
+        nonempty=True,
+    )
+    lr_grid: list[float] = knob(
+        [0.001, 0.003, 0.01],
+        "learning rates each arm (target x variant, scratch included) selects from by seed-mean "
+        "val accuracy; replaces finetune.lr (and a variant's own lr)",
+        gt=0,
+        item="learning rate",
+        nonempty=True,
+    )
+    select_seeds: int = knob(
+        2,
+        "the first n of study.seeds select the rate (every grid value runs on them); the others "
+        "run at the selected rate only",
+        ge=1,
+    )
+    confidence: float = knob(0.95, "coverage of the Student-t intervals over seeds", gt=0, lt=1)
+    fail_margin: float = knob(
+        0.1,
+        "a fit whose final train accuracy is below chance + this margin is flagged as failed",
+        ge=0,
+        lt=1,
+    )
 
 
 # --------------------------------------------------------------------------- curves, evaluate, shift
@@ -767,7 +853,6 @@ class CurvesRouteConf:
         item="shot count",
         nonempty=True,
     )
-    max_epochs: int = knob(8, "fine-tuning epochs per point", ge=1)
     targets: list[str] | None = knob(
         None, "targets to run; null = every (labelled) target of the route"
     )
@@ -775,9 +860,13 @@ class CurvesRouteConf:
 
 @dataclass
 class CurvesConf:
-    image: CurvesRouteConf = knob(CurvesRouteConf, "image route (blocks = the CNN's stages)")
+    image: CurvesRouteConf = knob(
+        CurvesRouteConf(targets=["fmnist", "digits", "textures"]),
+        "image route (blocks = the CNN's stages); three targets (near, mid, far shift) keep the "
+        "default run within its time budget",
+    )
     text: CurvesRouteConf = knob(
-        CurvesRouteConf(freeze_depths=[0, 3], shots=[1, 4, 16], max_epochs=5),
+        CurvesRouteConf(freeze_depths=[0, 3], shots=[1, 4, 16]),
         "text route (blocks = [embeddings, layer 1..n])",
     )
 
@@ -954,6 +1043,9 @@ class TransferlabConf:
     finetune: FinetuneConf = knob(
         FinetuneConf, "fine-tuning on each target's few shots (all variants share it)"
     )
+    study: StudyConf = knob(
+        StudyConf, "the comparison protocol: seeds, learning-rate grid, intervals, failed fits"
+    )
     curves: CurvesConf = knob(
         CurvesConf, "stage curves: accuracy vs freezing depth and vs shots, per route"
     )
@@ -968,7 +1060,12 @@ class TransferlabConf:
     )
     logger: LoggerConf = knob(LoggerConf, "MLflow tracking")
     sweep: SweepConf = knob(SweepConf, "one trial of an Optuna sweep (python -m transferlab.sweep)")
-    seed: int = knob(1234, "fixes data splits, few-shot samples, inits, masks and data order", ge=0)
+    seed: int = knob(
+        1234,
+        "fixes data splits, the few-shot pools, pre-training inits, masks and data order (the "
+        "fine-tuning fits are seeded by study.seeds)",
+        ge=0,
+    )
     route: str = knob(
         "image", "route a single stage run works on (DVC stages pass route=<r>)", choices=Route
     )

@@ -4,17 +4,22 @@
 A variant is declared, never parsed from its name. The default study of a route
 (:func:`variants`) is:
 
-- every pre-trained objective of ``pretrain.<route>.objectives`` (``Init("pretrained", o)``);
-- with ``finetune.dapt_epochs > 0``, ``<o>_dapt``: the objective continued on the target's
+- every pre-trained objective of ``pretrain.<route>.objectives`` that ``finetune.fine_tuned``
+  names (null: all), fine-tuned end to end (``Init("pretrained", o)``);
+- with ``finetune.dapt_epochs > 0``, ``<o>_dapt``: such an objective continued on the target's
   unlabelled inputs, then fine-tuned (``Init("adapted", o)``), for every objective that reads no
   labels (:meth:`~transferlab.routes.base.Route.can_adapt`);
 - every hub model of the route (a backbone that brings its own weights, e.g. MiniLM);
+- with ``finetune.probe_objectives``, ``<o>/linear_probe`` for every objective (its gain is
+  measured against ``floor/random_init`` of its architecture);
 - every entry of ``finetune.variants`` (knob overrides such as a linear probe or LP-FT), applied to
   ``init`` (default: the route's primary objective) and reported as ``<init>/<name>``; an entry
   whose ``init`` is another route's objective runs on that route only;
-- the scratch controls, one per architecture in use: ``scratch`` for the primary objective's
-  architecture, ``scratch_<arch>`` for any other. Each variant's gain is measured against the
-  control of its own architecture (:attr:`Variant.control`).
+- the scratch controls, one per architecture an SGD arm uses: ``scratch`` for the primary
+  objective's architecture, ``scratch_<arch>`` for any other. Each variant's gain is measured
+  against the control of its own architecture (:attr:`Variant.control`);
+- the probe floors ``floor/random_init`` (``_<arch>`` for another architecture a probe uses) and
+  ``floor/raw_input`` (:mod:`transferlab.models.raw`).
 
 Names stay those of the reports (``mae``, ``mae/lp_ft``, ``mlm_dapt``, ``scratch_decoder``) so that
 outputs keep their keys; nothing ever takes a name apart to learn what a variant is.
@@ -23,12 +28,12 @@ outputs keep their keys; nothing ever takes a name apart to learn what a variant
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-InitKind = Literal["pretrained", "adapted", "hub", "scratch"]
+InitKind = Literal["pretrained", "adapted", "hub", "scratch", "raw"]
 DAPT_SUFFIX = "_dapt"
 
 
@@ -43,7 +48,7 @@ class Init:
 
     @property
     def pretrained(self) -> bool:
-        return self.kind != "scratch"
+        return self.kind not in ("scratch", "raw")
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,12 @@ class Variant:
     name: str
     init: Init
     overrides: Mapping[str, Any] = field(default_factory=dict)  #: finetune.* knobs it changes
-    control: str | None = (
-        None  #: the scratch control its gain is measured against (None: a control)
-    )
+    control: str | None = None  #: the arm its gain is measured against (None: a control or a floor)
+    floor: bool = False  #: a probe floor (random-init or raw-input backbone), no gain of its own
 
     @property
     def is_control(self) -> bool:
-        return self.control is None
+        return self.control is None and not self.floor
 
 
 @dataclass(frozen=True)
@@ -137,29 +141,75 @@ def variants(cfg: DictConfig, route: RouteModels) -> list[Variant]:
         return "scratch" if arch == primary_arch else f"scratch_{arch}"
 
     arms: list[Variant] = []
-    for o in objectives:
+    tuned_cfg = cfg.finetune.get("fine_tuned")
+    tuned = objectives if tuned_cfg is None else [o for o in objectives if o in map(str, tuned_cfg)]
+    for o in tuned:
         arch = route.arch_key(o)
         arms.append(Variant(o, Init("pretrained", arch, o), control=control(arch)))
     if int(cfg.finetune.get("dapt_epochs") or 0) > 0:
-        for o in filter(route.can_adapt, objectives):
+        for o in filter(route.can_adapt, tuned):
             arch = route.arch_key(o)
             arms.append(Variant(o + DAPT_SUFFIX, Init("adapted", arch, o), control=control(arch)))
     for key in route.hub_keys():
         arms.append(Variant(key, Init("hub", key), control=control(key)))
-    for name, node in (plain(cfg.finetune.get("variants")) or {}).items():
+    declared = dict(plain(cfg.finetune.get("variants")) or {})
+    if cfg.finetune.get("probe_objectives"):  # <o>/linear_probe for every objective
+        probe_name = next((n for n, node in declared.items() if _probes_node(node)), "linear_probe")
+        probes = [(f"{o}/{probe_name}", {**PROBE, "init": o}) for o in objectives]
+        named = {f"{(node or {}).get('init') or primary}/{n}" for n, node in declared.items()}
+        extra = [(key, node) for key, node in probes if key not in named]
+    else:
+        extra = []
+    for name, node in [*declared.items(), *extra]:
         overrides = dict(node or {})
         init = str(overrides.pop("init", None) or primary)
         if init not in objectives:  # an objective of another route: the variant runs there
             continue
         arch = route.arch_key(init)
-        arms.append(
-            Variant(
-                f"{init}/{name}", Init("pretrained", arch, init), overrides, control=control(arch)
-            )
-        )
-    controls = dict.fromkeys([control(primary_arch), *(str(v.control) for v in arms)])
+        full = name if "/" in name else f"{init}/{name}"
+        arms.append(Variant(full, Init("pretrained", arch, init), overrides, control=control(arch)))
+    controls = dict.fromkeys(
+        [control(primary_arch), *(str(v.control) for v in arms if not _probes(v))]
+    )
     arms += [Variant(c, Init("scratch", _arch_of(c, primary_arch))) for c in controls]
-    return arms
+    # The probe floors: the same architecture at random init, and the raw input, probed alike.
+    floors = dict.fromkeys(
+        [
+            FLOOR,
+            *(f"{FLOOR}_{v.init.arch}" for v in arms if _probes(v) and v.init.arch != primary_arch),
+        ]
+    )
+    arms += [
+        Variant(
+            f,
+            Init("scratch", primary_arch if f == FLOOR else f.removeprefix(f"{FLOOR}_")),
+            PROBE,
+            floor=True,
+        )
+        for f in floors
+    ]
+    arms.append(Variant(RAW_FLOOR, Init("raw", "raw"), PROBE, floor=True))
+    # A probe's gain is measured against the random-init probe of its architecture.
+    return [
+        replace(v, control=FLOOR if v.init.arch == primary_arch else f"{FLOOR}_{v.init.arch}")
+        if _probes(v) and not v.floor
+        else v
+        for v in arms
+    ]
+
+
+#: The probe floors' report names, and the knob overrides of a probe.
+FLOOR = "floor/random_init"
+RAW_FLOOR = "floor/raw_input"
+PROBE: Mapping[str, Any] = {"strategy": "linear_probe"}
+
+
+def _probes(v: Variant) -> bool:
+    return _probes_node(v.overrides)
+
+
+def _probes_node(node: Mapping[str, Any] | None) -> bool:
+    return (node or {}).get("strategy") == "linear_probe"
 
 
 def _arch_of(control: str, primary_arch: str) -> str:
@@ -182,14 +232,67 @@ def fit_for(
 ) -> Fit:
     """The fit of ``variant`` on ``target`` with the config's knobs, the variant's overrides and
     then ``overrides`` (e.g. a curve point's freezing depth or budget)."""
+    route = str(cfg.route)
     knobs = {k: v for k, v in plain(cfg.finetune).items() if k != "variants"}
     knobs = merge_knobs(merge_knobs(knobs, variant.overrides), overrides or {})
+    if isinstance(knobs["max_steps"], Mapping):  # the route's budget (a fit may set a number)
+        knobs["max_steps"] = int(knobs["max_steps"][route])
     return Fit(
-        route=str(cfg.route),
+        route=route,
         target=target,
         variant=variant,
-        seed=int(cfg.seed if seed is None else seed),
+        seed=int(Protocol.from_cfg(cfg).seeds[0] if seed is None else seed),
         hparams=knobs,
-        shots=shots,
+        shots=int(cfg.data[route].shots_per_class) if shots is None else shots,
         adapted=adapted,
     )
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a study compares arms (``study.*``): every arm fits each ``lr_grid`` rate on the first
+    ``select_seeds`` seeds, keeps the rate with the best seed-mean val accuracy, then fits the
+    remaining seeds at that rate; a probe (no learning rate) fits every seed once."""
+
+    seeds: tuple[int, ...]
+    lr_grid: tuple[float, ...]
+    select_seeds: int
+    confidence: float
+    fail_margin: float
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Protocol:
+        st = cfg.study
+        return cls(
+            seeds=tuple(int(s) for s in st.seeds),
+            lr_grid=tuple(float(x) for x in st.lr_grid),
+            select_seeds=min(int(st.select_seeds), len(st.seeds)),
+            confidence=float(st.confidence),
+            fail_margin=float(st.fail_margin),
+        )
+
+    @property
+    def selecting(self) -> tuple[int, ...]:
+        return self.seeds[: self.select_seeds]
+
+    @property
+    def held(self) -> tuple[int, ...]:
+        return self.seeds[self.select_seeds :]
+
+
+def grid_fits(fit: Fit, protocol: Protocol) -> list[Fit]:
+    """The selection fits of ``fit``'s arm: each rate × each selecting seed (a probe: each seed)."""
+    if fit.hparams.get("strategy") == "linear_probe":
+        return [replace(fit, seed=s) for s in protocol.seeds]
+    return [
+        replace(fit, seed=s, hparams={**fit.hparams, "lr": lr})
+        for lr in protocol.lr_grid
+        for s in protocol.selecting
+    ]
+
+
+def final_fits(fit: Fit, protocol: Protocol, lr: float | None) -> list[Fit]:
+    """The remaining seeds of ``fit``'s arm at its selected rate (none for a probe)."""
+    if lr is None:
+        return []
+    return [replace(fit, seed=s, hparams={**fit.hparams, "lr": lr}) for s in protocol.held]

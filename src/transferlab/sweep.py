@@ -32,6 +32,7 @@ from transferlab.io import write_json
 from transferlab.pool import fit_executor
 from transferlab.routes import Route, get_route
 from transferlab.schema import REDUCE
+from transferlab.stages.fit import epochs_for
 from transferlab.study import Init, Variant, by_name, fit_for, variants
 from transferlab.tracking import make_buffered_logger
 from transferlab.training import configure_torch
@@ -201,9 +202,10 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
     ctx = trial_context()
     callbacks = []
     if ctx is not None and not ctx.multi_objective:
-        callbacks.append(
-            pruning_callback(ctx.trial(), spec.metrics[0], int(cfg.finetune.max_epochs))
-        )
+        n_train = int(run_cfg.data[spec.route].shots_per_class) * len(data["classes"])
+        steps = int(cfg.finetune.max_steps[spec.route])
+        epochs = epochs_for(steps, n_train, int(cfg.finetune.batch_size))
+        callbacks.append(pruning_callback(ctx.trial(), spec.metrics[0], epochs))
     logger: Any = False
     if ctx is not None and ctx.mlflow_run_id and cfg.logger.enabled:
         logger = make_buffered_logger(str(cfg.logger.tracking_uri), ctx.mlflow_run_id)

@@ -60,7 +60,7 @@ def split_per_class(
         idx = rng.permutation(np.flatnonzero(labels == c))
         if len(idx) < n_train + 2:
             raise ConfigError(
-                f"data.image.shots_per_class={n_train} is too large for class '{classes[c]}' of "
+                f"data.image.pool_per_class={n_train} is too large for class '{classes[c]}' of "
                 f"target '{dataset}' ({len(idx)} examples; allowed at most {len(idx) - 2})"
             )
         rest = len(idx) - n_train
@@ -128,7 +128,7 @@ def build_target(
     fmnist_pool: tuple[np.ndarray, np.ndarray],
 ) -> tuple[dict[str, Split], list[str]]:
     shots, n_val, n_test = (
-        int(cfg["shots_per_class"]),
+        int(cfg["pool_per_class"]),
         int(cfg["val_per_class"]),
         int(cfg["test_per_class"]),
     )
@@ -155,7 +155,7 @@ def build_target(
             counts = np.bincount(ry, minlength=len(classes))
             if split == "train" and counts.min() < shots:
                 raise ConfigError(
-                    f"data.image.shots_per_class={shots} is too large for target 'textures' "
+                    f"data.image.pool_per_class={shots} is too large for target 'textures' "
                     f"(its train region holds {counts.min()} patches per class)"
                 )
             out[split] = _take(rx, ry, _sample_region(rx, ry, per_class, rng))
@@ -218,7 +218,7 @@ def build_image_data(
             empty = [k for k, v in t_splits.items() if len(v["y"]) == 0]
             if empty:
                 raise ConfigError(
-                    f"target '{name}' has an empty {empty[0]} split; lower data.image.shots_per_class"
+                    f"target '{name}' has an empty {empty[0]} split; lower data.image.pool_per_class"
                 )
             _save(out_dir / "targets" / f"{name}.pt", t_splits, t_classes)
             manifest["datasets"][name] = _describe(t_splits, t_classes)

@@ -283,7 +283,13 @@ def resolve_text_cfg(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"text source must be an unlabelled corpus, got {out['source']!r}")
     if out["source"] in out["targets"] or len(set(out["targets"])) != len(out["targets"]):
         raise ConfigError(f"text targets must be distinct and exclude the source: {out['targets']}")
-    for key in ("vocab_size", "seq_len", "shots_per_class", "max_unlabelled_blocks"):
+    for key in (
+        "vocab_size",
+        "seq_len",
+        "shots_per_class",
+        "pool_per_class",
+        "max_unlabelled_blocks",
+    ):
         if not isinstance(out[key], int) or out[key] < 1:
             raise ConfigError(f"text data {key} must be a positive integer, got {out[key]!r}")
     for key in ("val_per_class", "test_per_class", "max_eval_blocks"):
@@ -390,7 +396,7 @@ def split_items(
         if len(idx) < need:
             raise ConfigError(
                 f"text target {name!r} class {c!r} has {len(idx)} items, fewer than "
-                f"shots_per_class + val_per_class + test_per_class = {need}"
+                f"pool_per_class + val_per_class + test_per_class = {need}"
             )
         order = [idx[j] for j in _perm(len(idx), g)]
         out["test"] += order[:n_test]
@@ -463,7 +469,7 @@ def _build_cls_target(
     idx = split_items(
         labels,
         classes,
-        cfg["shots_per_class"],
+        cfg["pool_per_class"],
         cfg["val_per_class"],
         cfg["test_per_class"],
         g,

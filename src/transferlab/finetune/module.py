@@ -186,8 +186,8 @@ class FinetuneModule(L.LightningModule):
             self.log("train/align", align.detach(), on_step=True, on_epoch=True, batch_size=len(y))
         if not torch.isfinite(total):
             raise TrainingError(
-                f"train/loss became {total.item()} at step {self.global_step}; lower finetune.lr "
-                f"(now {self.lr}) or check the data"
+                f"train/loss became {total.item()} at step {self.global_step}; lower the learning "
+                f"rate (now {self.lr}: study.lr_grid, finetune.lr in a sweep trial) or check the data"
             )
         self.train_acc(logits.detach(), y)
         bs = len(y)

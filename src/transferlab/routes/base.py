@@ -115,6 +115,10 @@ class Route(ABC):
     def arch(self, init: Init) -> dict[str, Any]:
         """The config the backbone of ``init`` is built from (saved with fine-tuned models)."""
 
+    @abstractmethod
+    def raw_arch(self) -> dict[str, Any]:
+        """The raw-input backbone of the probe floor (``Init("raw")``: pixels, bag of tokens)."""
+
     def saved_arch(self, init: Init) -> dict[str, Any]:
         """What a fine-tuned checkpoint is rebuilt from: its weights come from the file."""
         return self.arch(init)

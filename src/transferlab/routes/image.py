@@ -58,7 +58,13 @@ class ImageRoute(Route):
         return ARCH
 
     def arch(self, init: Init) -> dict[str, Any]:
+        if init.kind == "raw":
+            return self.raw_arch()
         return OmegaConf.to_container(self.cfg.model.image, resolve=True)
+
+    def raw_arch(self) -> dict[str, Any]:
+        channels = int(self.cfg.model.image.get("in_channels", 1))
+        return {"_target_": "transferlab.models.raw.RawPixels", "in_channels": channels, "size": 28}
 
     def backbone(self, init: Init, adapted: str | None = None) -> nn.Module:
         if adapted is not None:

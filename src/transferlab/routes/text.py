@@ -123,10 +123,19 @@ class TextRoute(Route):
         ]
 
     def arch(self, init: Init) -> dict[str, Any]:
+        if init.kind == "raw":
+            return self.raw_arch()
         arch = OmegaConf.to_container(self.cfg.model.text[init.arch], resolve=True)
         if init.arch in self.hub_keys():
             arch["pretrained"] = init.kind == "hub"
         return arch
+
+    def raw_arch(self) -> dict[str, Any]:
+        return {
+            "_target_": "transferlab.models.raw.BagOfTokens",
+            "vocab_size": self.vocab_size(),
+            "pad_id": PAD_ID,
+        }
 
     def saved_arch(self, init: Init) -> dict[str, Any]:
         arch = self.arch(init)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from transferlab.callbacks import History
 from transferlab.finetune.freezing import FreezeSchedule
 from transferlab.finetune.module import FinetuneModule
+from transferlab.finetune.probe import Probe, fit_probe, recalibrate_batchnorm
 from transferlab.models.cnn import Classifier
 from transferlab.resume import EpochSeed, Resume
 from transferlab.routes import Route
@@ -26,7 +27,19 @@ from transferlab.study import Fit
 from transferlab.training import make_trainer, seed_all
 
 #: finetune.strategy → the FreezeSchedule mode that runs it.
-STRATEGY_MODES = {"full": "fixed", "linear_probe": "fixed", "lp_ft": "lp_ft", "gradual": "gradual"}
+#: ``linear_probe`` is no SGD fit: :func:`run_probe` fits a logistic regression instead.
+#: ``lp_ft`` (Kumar et al. 2022) starts from that probe's head, then trains like ``full``.
+STRATEGY_MODES = {"full": "fixed", "lp_ft": "fixed", "gradual": "gradual"}
+
+
+def is_probe(fit: Fit) -> bool:
+    """A fit that is a logistic-regression probe on frozen features (no learning rate)."""
+    return str(fit.hparams["strategy"]) == "linear_probe"
+
+
+def epochs_for(max_steps: int, n_train: int, batch_size: int) -> int:
+    """Whole epochs that hold ``max_steps`` optimizer steps (the last one may stop early)."""
+    return math.ceil(int(max_steps) / math.ceil(n_train / int(batch_size)))
 
 
 def nested_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -55,14 +68,13 @@ def subset_split(split: Mapping[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def freeze_schedule(hp: Mapping[str, Any], num_blocks: int) -> Callback:
-    """The freezing callback of ``finetune.strategy`` (``linear_probe``: every block frozen)."""
+def freeze_schedule(hp: Mapping[str, Any]) -> Callback:
+    """The freezing callback of ``finetune.strategy`` (``lp_ft`` freezes like ``full``: its
+    linear-probe phase is the logistic-regression head it starts from, see :func:`run_fit`)."""
     strategy = str(hp["strategy"])
-    depth = num_blocks if strategy == "linear_probe" else int(hp["freeze_depth"])
     return FreezeSchedule(
         mode=STRATEGY_MODES[strategy],
-        freeze_depth=depth,
-        lp_epochs=int(hp["lp_epochs"]),
+        freeze_depth=int(hp["freeze_depth"]),
         unfreeze_every=int(hp["unfreeze_every"]),
         lr_factor=float(hp["lp_ft_lr_factor"]),
         freeze_norm_stats=bool(hp["freeze_norm_stats"]),
@@ -92,6 +104,8 @@ def run_fit(
     """
     hp = fit.hparams
     data = train_data(fit, data)
+    if is_probe(fit):
+        return run_probe(fit, route, data)
     seed_all(fit.seed)
     backbone = route.backbone(fit.variant.init, adapted=fit.adapted)
     if route.reseed_head:
@@ -99,6 +113,8 @@ def run_fit(
     x = {s: route.inputs(backbone, data[s]) for s in ("train", "val")}
     num_classes = len(data["classes"])
     model = Classifier(backbone, num_classes, head_dropout=float(hp["head_dropout"]))
+    if str(hp["strategy"]) == "lp_ft":  # LP-FT: the linear probe's head, then fine-tune it all
+        probe_head(model, route, data, hp)
     train = route.loader(
         x["train"],
         data["train"]["y"],
@@ -107,7 +123,8 @@ def run_fit(
         seed=fit.seed,
     )
     val = route.loader(x["val"], data["val"]["y"], batch_size=512, shuffle=False)
-    steps = math.ceil(len(train.dataset) / train.batch_size) * int(hp["max_epochs"])
+    steps = int(hp["max_steps"])
+    epochs = epochs_for(steps, len(train.dataset), train.batch_size)
     aligned = str(hp["alignment"]["kind"]) != "none"
     module = FinetuneModule(
         model,
@@ -127,7 +144,8 @@ def run_fit(
         seed=fit.seed,
     )
     history = History()
-    extra: list[Callback] = [freeze_schedule(hp, backbone.num_blocks)]
+    every = max(1, epochs // int(hp["val_checks"]))  # validation (and resume checkpoint) interval
+    extra: list[Callback] = [freeze_schedule(hp)]
     patience = int(hp["early_stopping_patience"] or 0)
     if patience > 0:
         extra.append(EarlyStopping(monitor="val/acc", mode="max", patience=patience))
@@ -139,16 +157,95 @@ def run_fit(
             "train_y": data["train"]["y"].tolist(),
         },
         enabled=bool(trainer_cfg.get("resume", True)) and not callbacks,
+        every_n_epochs=every,
     )
     trainer = make_trainer(
         trainer_cfg,
-        max_epochs=int(hp["max_epochs"]),
+        max_epochs=epochs,
+        max_steps=steps,
+        check_val_every_n_epoch=every,
         logger=logger,
         callbacks=[history, *extra, EpochSeed(fit.seed), *resume.callbacks(), *callbacks],
     )
     trainer.fit(module, train, val, ckpt_path=resume.ckpt_path, weights_only=True)
     resume.done()
-    return model, history.epochs
+    if bool(hp["precise_bn"]):  # eval-mode statistics of the final weights, not a lagging average
+        recalibrate_batchnorm(
+            model.backbone, lambda m: route.predict(m, x["train"]), trainable_only=True
+        )
+    # The final model's accuracies as the report sees them (eval mode: BatchNorm running
+    # statistics), whether or not a validation pass fell on the last epoch: the rate selection
+    # reads val/acc_eval, the failed-fit flag train/acc_eval.
+    final = {
+        "epoch": int(trainer.current_epoch),
+        "step": int(trainer.global_step),
+        "train/acc_eval": accuracy(route, model, x["train"], data["train"]["y"]),
+        "val/acc_eval": accuracy(route, model, x["val"], data["val"]["y"]),
+    }
+    epochs_out = [dict(r) for r in history.epochs]
+    if epochs_out and epochs_out[-1]["step"] == final["step"]:
+        epochs_out[-1].update(final)
+    else:  # the last epoch had no validation pass: its final accuracy closes the curve
+        epochs_out.append({**final, "val/acc": final["val/acc_eval"]})
+    return model, epochs_out
+
+
+def accuracy(route: Route, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Eval-mode accuracy of ``model`` on ``(x, y)``."""
+    out = route.predict(model, x)
+    return float((out.argmax(-1) == y).float().mean())
+
+
+def probe_head(
+    model: Classifier, route: Route, data: Mapping[str, Any], hp: Mapping[str, Any]
+) -> Probe:
+    """Fit the linear probe of ``model``'s backbone (its BatchNorm statistics re-estimated on the
+    training inputs, features standardised, a logistic regression with C chosen on val:
+    :func:`~transferlab.finetune.probe.fit_probe`) and set it as ``model``'s head."""
+    backbone = model.backbone
+    x_train = route.inputs(backbone, data["train"])
+    recalibrate_batchnorm(backbone, lambda m: route.predict(m, x_train))
+    feats = {
+        s: route.predict(backbone, route.inputs(backbone, data[s])).double().numpy()
+        for s in ("train", "val")
+    }
+    probe = fit_probe(
+        feats["train"],
+        data["train"]["y"].numpy(),
+        feats["val"],
+        data["val"]["y"].numpy(),
+        [float(c) for c in hp["probe_cs"]],
+        len(data["classes"]),
+    )
+    with torch.no_grad():
+        model.head.weight.copy_(probe.weight)
+        model.head.bias.copy_(probe.bias)
+    return probe
+
+
+def run_probe(
+    fit: Fit, route: Route, data: Mapping[str, Any]
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """The ``linear_probe`` fit: the frozen backbone with the probe's head (:func:`probe_head`),
+    no SGD. Its one history row holds the train/val accuracy and the selected C."""
+    hp = fit.hparams
+    seed_all(fit.seed)
+    backbone = route.backbone(fit.variant.init, adapted=fit.adapted)
+    model = Classifier(backbone, len(data["classes"]), head_dropout=float(hp["head_dropout"]))
+    probe = probe_head(model, route, data, hp)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    x_train = route.inputs(backbone, data["train"])
+    row = {
+        "epoch": 0,
+        "step": 0,
+        "train/acc": probe.train_acc,
+        "val/acc": probe.val_acc,
+        "val/acc_eval": probe.val_acc,
+        "probe/C": probe.C,
+        "train/acc_eval": accuracy(route, model, x_train, data["train"]["y"]),
+    }
+    return model, [row]
 
 
 def route_multitask(mt: Mapping[str, Any], route: Route) -> dict[str, Any]:

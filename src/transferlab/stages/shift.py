@@ -79,6 +79,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
                 }
             row["n_target"] = tgt.n
             row["gain"] = entry.get("gain")
+            row["gain_ci"] = entry.get("gain_ci")  # paired t interval over seeds (evaluate)
             rows[target] = row
         labelled = [t for t in rows if rows[t]["gain"] is not None]
         corr = measures.correlation_table(rows, list(route.shift_measures))  # gain null: left out
@@ -111,8 +112,11 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             [rows[t]["gain"] for t in labelled],
             out / "plots" / "kl_vs_gain.png",
             route.kl_label,
-            f"{route.name}: shift vs transfer gain" + (" (95% bootstrap CI)" if n_boot > 0 else ""),
+            f"{route.name}: shift vs transfer gain\n"
+            + ("horizontal: 95% bootstrap CI of the shift; " if n_boot > 0 else "")
+            + "vertical: t interval of the paired gain over seeds",
             kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in labelled] if n_boot > 0 else None,
+            gain_err=[rows[t].get("gain_ci") for t in labelled],
         )
         measures_vs_gain(
             {t: rows[t] for t in labelled},
