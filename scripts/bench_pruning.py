@@ -7,7 +7,7 @@ config export are off, so the project's tracking and conf/ stay untouched). Prin
 it to ``reports/bench_pruning.json``::
 
     python scripts/bench_pruning.py                                  # full-size config
-    python scripts/bench_pruning.py --n-trials 16 -- +debug=tiny finetune.max_epochs=10
+    python scripts/bench_pruning.py --n-trials 16 -- +debug=tiny finetune.max_steps.image=30
 
 Per arm: trials complete/pruned/failed, epochs trained, wall time, the best value, the time to
 reach it, and the time to reach a common bar (the lower of the two arms' best values), so that the
