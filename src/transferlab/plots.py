@@ -210,9 +210,20 @@ def measures_vs_gain(
             for t, r in rows.items()
             if r.get(m) is not None and r.get("gain") is not None
         ]
+        xs = [x for _, x, _, _ in pts]
+        right = min(xs, default=0) + 0.6 * (max(xs, default=0) - min(xs, default=0))
         for t, x, y, _ in pts:
             ax.plot([x], [y], "o", color="C0", zorder=3)
-            ax.annotate(t, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            # labels of the right-hand points go to their left: they stay inside the panel
+            left = x > right
+            ax.annotate(
+                t,
+                (x, y),
+                textcoords="offset points",
+                xytext=(-3, 3) if left else (3, 3),
+                ha="right" if left else "left",
+                fontsize=7,
+            )
             g = rows[t].get("gain_ci")  # the gain's interval over seeds, vertical
             if g is not None and None not in g:
                 ax.plot([x, x], [g[0], g[1]], color="C1", lw=1.0, alpha=0.7)
