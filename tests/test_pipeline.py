@@ -86,6 +86,21 @@ def test_failed_fits_are_flagged_in_the_report_mlflow_and_summary(tiny_pipeline:
     assert expected, "the tiny budget should leave some fit at chance"
     flagged = {(t, v): s for t, e in report["targets"].items() for v, s in e["failed"].items()}
     assert flagged == expected
+    # SGD fits that learned but stay below study.fit_threshold (0.9) are flagged as underfit
+    under = {
+        (t, v): [
+            int(s)
+            for s, rec in arm["seeds"].items()
+            if int(s) not in expected.get((t, v), []) and rec["history"][-1]["train/acc_eval"] < 0.9
+        ]
+        for t, arms in history["targets"].items()
+        for v, arm in arms.items()
+        if arm["lr"] is not None
+    }
+    under = {k: s for k, s in under.items() if s}
+    assert {
+        (t, v): s for t, e in report["targets"].items() for v, s in e["underfit"].items()
+    } == under
     con = sqlite3.connect(tiny_pipeline / "mlflow.db")
     tagged = con.execute(
         "SELECT COUNT(*) FROM tags WHERE key = 'failed' AND value = 'true'"

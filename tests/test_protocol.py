@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from transferlab.finetune.probe import fit_probe
-from transferlab.stats import failed, mean_ci, paired_gain, resolved, select_lr
+from transferlab.stats import failed, mean_ci, paired_gain, resolved, select_lr, underfit
 
 
 def test_mean_ci_is_scipy_t_interval_on_a_hand_case() -> None:
@@ -64,6 +64,11 @@ def test_select_lr_is_argmax_of_seed_mean_val_accuracy() -> None:
     assert select_lr(val) == 0.003
     assert select_lr({0.01: [0.8], 0.001: [0.8]}) == 0.001  # tie: the smaller rate
     assert select_lr({0.1: [math.nan], 0.01: [0.2]}) == 0.01  # a diverged rate never wins
+
+
+def test_underfit_flags_fits_below_the_threshold_only() -> None:
+    assert underfit(0.85, 0.9) and not underfit(0.9, 0.9) and not underfit(0.97, 0.9)
+    assert not underfit(None, 0.9) and not underfit(math.nan, 0.9)  # those are failed fits
 
 
 def test_failed_flags_chance_level_and_diverged_fits() -> None:

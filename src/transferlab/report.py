@@ -87,38 +87,57 @@ def _lr(v: Any, variant: str = "") -> str:
     return "probe" if variant.endswith("/linear_probe") or variant.startswith("floor/") else "–"
 
 
+FLAGS = (
+    (
+        "failed",
+        "Failed fits",
+        "Fits whose final train accuracy stayed within `study.fail_margin` of chance (or that "
+        "diverged): their arm's numbers average seeds that did not learn; read them with care.",
+    ),
+    (
+        "underfit",
+        "Underfit fits",
+        "SGD fits that learned but ended below `study.fit_threshold` train accuracy at their "
+        "arm's selected rate (validation preferred a rate that fits less): their comparisons "
+        "stand, read them knowing the arm did not fit its shots.",
+    ),
+)
+
+
 def failed_section(reports: Path, routes: Sequence[str]) -> list[str]:
-    """The fits that did not learn their own training set (or diverged), for every route: listed
-    first, because every number built on them is suspect."""
-    rows = []
-    for route in routes:
-        path = reports / route / "evaluate.json"
-        if not path.exists():
+    """The fits that did not learn their own training set (or diverged), then those that learned
+    but underfit, for every route: listed first, because the numbers built on them need care."""
+    out: list[str] = []
+    for key, title, why in FLAGS:
+        rows = []
+        for route in routes:
+            path = reports / route / "evaluate.json"
+            if not path.exists():
+                continue
+            ev = json.loads(path.read_text())
+            for t, e in ev.get("targets", {}).items():
+                for v, seeds in (e.get(key) or {}).items():
+                    row = e.get("pretrained" if v == ev.get("primary_objective") else v, {})
+                    per_seed = (row.get("per_seed") or {}).get("train/acc") or []
+                    accs = ", ".join(f"{a:.3f}" for a in per_seed)
+                    rows.append(
+                        f"| {route} | {t} | `{v}` | {', '.join(str(s) for s in seeds)} | "
+                        f"{accs or _fmt(row.get('train/acc'))} | {_lr(row.get('lr'), v)} |"
+                    )
+        if not rows:
+            out += [f"**{title}:** none.", ""]
             continue
-        ev = json.loads(path.read_text())
-        for t, e in ev.get("targets", {}).items():
-            for v, seeds in (e.get("failed") or {}).items():
-                row = e.get("pretrained" if v == ev.get("primary_objective") else v, {})
-                rows.append(
-                    f"| {route} | {t} | `{v}` | {', '.join(str(s) for s in seeds)} | "
-                    f"{_fmt(row.get('train/acc'))} | {_lr(row.get('lr'), v)} |"
-                )
-    if not rows:
-        return [
-            "**Failed fits:** none (every fit's final train accuracy is above chance + the margin).",
+        out += [
+            f"## {title}",
+            "",
+            why,
+            "",
+            "| route | target | variant | seeds | train acc per seed | lr |",
+            "|---|---|---|---|---|---|",
+            *rows,
             "",
         ]
-    return [
-        "## Failed fits",
-        "",
-        "Fits whose final train accuracy stayed within `study.fail_margin` of chance (or diverged): "
-        "their arm's numbers are averaged over seeds that did not learn; read them with care.",
-        "",
-        "| route | target | variant | failed seeds | mean train acc | lr |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ]
+    return out
 
 
 def protocol_line(ev: Mapping[str, Any]) -> str:

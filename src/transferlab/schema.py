@@ -834,6 +834,13 @@ class StudyConf:
         ge=0,
         lt=1,
     )
+    fit_threshold: float = knob(
+        0.9,
+        "an SGD fit that learned but ends below this train accuracy is flagged as underfit "
+        "(reported, tagged, listed; not excluded)",
+        gt=0,
+        le=1,
+    )
 
 
 # --------------------------------------------------------------------------- curves, evaluate, shift

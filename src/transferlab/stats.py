@@ -6,6 +6,10 @@ trials); a gain is the *paired* difference of two arms on the same seeds (same f
 initialisation and data order), so its interval is the t interval of the per-seed differences.
 A difference whose interval contains 0 is *unresolved*.
 
+A fit *failed* when its final train accuracy stays within ``study.fail_margin`` of chance (or it
+diverged): a baseline that never leaves chance is broken, not beaten. A fit that learned but ends
+below ``study.fit_threshold`` train accuracy is *underfit*: flagged, not excluded.
+
 The learning rate of an arm is the grid value with the highest seed-mean validation accuracy
 (DomainBed's training-domain validation).
 """
@@ -83,6 +87,12 @@ def select_lr(val_acc: Mapping[float, Sequence[float]]) -> float:
         return m if math.isfinite(m) else -math.inf
 
     return max(sorted(val_acc), key=lambda lr: (score(lr), -lr))
+
+
+def underfit(train_acc: float | None, threshold: float) -> bool:
+    """A fit that learned, but left more than ``1 − threshold`` of its own training set
+    misclassified (a weaker flag than :func:`failed`: its comparison stands, read it knowing)."""
+    return train_acc is not None and math.isfinite(float(train_acc)) and train_acc < threshold
 
 
 def failed(train_acc: float | None, num_classes: int, margin: float) -> bool:

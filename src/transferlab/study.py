@@ -259,6 +259,7 @@ class Protocol:
     select_seeds: int
     confidence: float
     fail_margin: float
+    fit_threshold: float
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Protocol:
@@ -269,6 +270,7 @@ class Protocol:
             select_seeds=min(int(st.select_seeds), len(st.seeds)),
             confidence=float(st.confidence),
             fail_margin=float(st.fail_margin),
+            fit_threshold=float(st.fit_threshold),
         )
 
     @property

@@ -43,7 +43,7 @@ from transferlab.routes import Route, get_route
 from transferlab.routes.base import wise_mix
 from transferlab.stages.context import Runtime
 from transferlab.stages.fit import nested_subset, subset_split
-from transferlab.stats import failed, mean_ci, paired_gain
+from transferlab.stats import failed, mean_ci, paired_gain, underfit
 from transferlab.study import Protocol, Variant, variants
 
 
@@ -194,6 +194,7 @@ def target_entry(
         info = arm_info.get(name, {})
         row["lr"] = info.get("lr")
         row["failed_seeds"] = info.get("failed_seeds", [])
+        row["underfit_seeds"] = info.get("underfit_seeds", [])
         rows[name] = row
     entry: dict[str, Any] = {
         "task": "classification",
@@ -221,26 +222,29 @@ def target_entry(
     entry["gains"] = gains
     entry["gain_intervals"] = intervals
     entry["failed"] = {v: r["failed_seeds"] for v, r in rows.items() if r["failed_seeds"]}
+    entry["underfit"] = {v: r["underfit_seeds"] for v, r in rows.items() if r["underfit_seeds"]}
     return entry
 
 
 def arm_info(
     history: Mapping[str, Any], target: str, num_classes: int, protocol: Protocol
 ) -> dict[str, dict[str, Any]]:
-    """From finetune's history.json: per arm the selected rate and the seeds that failed (final
-    eval-mode train accuracy below chance + ``study.fail_margin``)."""
+    """From finetune's history.json: per arm the selected rate, the seeds that failed (final
+    eval-mode train accuracy below chance + ``study.fail_margin``) and, for an SGD arm, those that
+    learned but ended below ``study.fit_threshold`` (underfit)."""
     out: dict[str, dict[str, Any]] = {}
     for name, arm in (history.get("targets", {}).get(target) or {}).items():
-        bad = [
-            int(s)
+        final = {
+            int(s): (rec["history"][-1] if rec["history"] else {}).get("train/acc_eval")
             for s, rec in arm["seeds"].items()
-            if failed(
-                (rec["history"][-1] if rec["history"] else {}).get("train/acc_eval"),
-                num_classes,
-                protocol.fail_margin,
-            )
+        }
+        bad = [s for s, acc in final.items() if failed(acc, num_classes, protocol.fail_margin)]
+        weak = [
+            s
+            for s, acc in final.items()
+            if arm.get("lr") is not None and s not in bad and underfit(acc, protocol.fit_threshold)
         ]
-        out[name] = {"lr": arm.get("lr"), "failed_seeds": bad}
+        out[name] = {"lr": arm.get("lr"), "failed_seeds": bad, "underfit_seeds": weak}
     return out
 
 
@@ -314,6 +318,8 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             )
             if entry["failed"]:
                 tr.set_tags({f"failed.{target}": ",".join(sorted(entry["failed"]))})
+            if entry["underfit"]:
+                tr.set_tags({f"underfit.{target}": ",".join(sorted(entry["underfit"]))})
         out = route.dirs["reports"]
         write_json(out / "evaluate.json", report)
         write_json(out / "plots" / "accuracy.json", plot_rows)

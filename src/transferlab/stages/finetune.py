@@ -29,7 +29,7 @@ from transferlab.progress import progress_bar
 from transferlab.routes import Route, get_route
 from transferlab.stages.context import Runtime, Tracker
 from transferlab.stages.fit import is_probe
-from transferlab.stats import failed, select_lr
+from transferlab.stats import failed, select_lr, underfit
 from transferlab.study import (
     Fit,
     FitResult,
@@ -178,17 +178,19 @@ def _checked(
     res: FitResult, route: Route, data: dict[str, Any], protocol: Protocol, tr: Tracker
 ) -> FitResult:
     """Log the fit's MLflow run (tagged ``failed`` when it did not learn its train set or
-    diverged) and re-raise any error but divergence, which only rules its rate out."""
+    diverged, ``underfit`` when an SGD fit ends below ``study.fit_threshold``) and re-raise any error but divergence, which only rules its rate out."""
     fit = res.fit
     diverged = isinstance(res.error, TrainingError)
     train_acc = res.history[-1].get("train/acc_eval") if res.history and not diverged else None
     bad = failed(train_acc, len(data["classes"]), protocol.fail_margin)
+    weak = not bad and not is_probe(fit) and underfit(train_acc, protocol.fit_threshold)
     tags = {
         "target": fit.target,
         "variant": fit.variant.name,
         "seed": str(fit.seed),
         "lr": "probe" if is_probe(fit) else f"{_lr(res):g}",
         "failed": str(bad).lower(),
+        "underfit": str(weak).lower(),
     }
     name = f"finetune:{fit.name}:seed{fit.seed}" + ("" if is_probe(fit) else f":lr{_lr(res):g}")
     tr.log_fit(name, tags, res.log, res.error)
