@@ -248,6 +248,10 @@ def test_experiment_export_separates_values_groups_and_compositions() -> None:
         "9",
         "lr:",
         "0.001",
+        "study:",  # the pipeline selects its rate from the grid: pinned to the trial's
+        "lr_grid:",
+        "-",
+        "0.001",
     ]
 
 
@@ -495,7 +499,7 @@ def test_best_trial_is_exported_as_an_experiment(swept: SimpleNamespace) -> None
     assert "dvc exp run -S '+debug=tiny' -S '+experiment=best_main'" in text
     best = swept.study.best_trial
     cfg = compose(["+debug=tiny", "+experiment=best_main"], config_dir=swept.root / "conf")
-    assert cfg.finetune.lr == _lr(best)
+    assert cfg.finetune.lr == _lr(best) and list(cfg.study.lr_grid) == [_lr(best)]
     assert cfg.finetune.max_steps.image == 3 * EPOCHS and cfg.finetune.freeze_depth == 2
     assert cfg.trainer.num_threads == 1
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
@@ -518,7 +522,10 @@ def test_best_config_reproduces_the_trial_through_dvc_exp_run(swept: SimpleNames
     import json
 
     history = json.loads((root / "models/image/finetune/history.json").read_text())
-    curve = history["targets"]["fmnist"]["mae"]["history"]
+    # the pipeline's seed-0 fit at the pinned rate is the trial's fit
+    arm = history["targets"]["fmnist"]["mae"]
+    assert arm["lr"] == _lr(swept.study.best_trial)
+    curve = arm["seeds"]["0"]["history"]
     assert len(curve) == EPOCHS
     assert curve[-1]["val/acc"] == pytest.approx(swept.study.best_value, abs=1e-9)
 

@@ -1,5 +1,8 @@
 """Write the best trial as a Hydra experiment: ``<conf>/experiment/best_<study>.yaml``.
 
+A trial's ``finetune.lr`` is also written as ``study.lr_grid: [lr]``: the pipeline's arms select
+their rate from that grid (docs/protocol.md), so the trial's rate must be the grid's only value.
+
 The file is a ``# @package _global_`` config holding every value override the best trial ran
 with (the sampled ones and the fixed ones of the search), so ``+experiment=best_<study>`` (e.g.
 ``dvc exp run -S +experiment=best_<study>``) composes the same configuration. Config-group choices
@@ -61,6 +64,12 @@ def experiment_yaml(
                 defaults.append({f"override /{key}{pkg}": value})
             continue
         _set(body, key, value)
+    # A trial fits one rate (finetune.lr); the pipeline's arms select theirs from study.lr_grid,
+    # so the trial's rate is pinned there too, or `dvc exp run` would not reproduce the trial.
+    lr = (body.get("finetune") or {}).get("lr")
+    pinned = lr is not None and "lr_grid" not in (body.get("study") or {})
+    if pinned:
+        _set(body, "study.lr_grid", [lr])
     values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(metric_names, trial.values, strict=True))
     dvc = "".join(f"-S {_quote_arg(c)} " for c in compositions)
     header = [
@@ -70,6 +79,10 @@ def experiment_yaml(
         "# it). Reproduce the trial through the DVC pipeline with:",
         f"#   dvc exp run {dvc}-S '+experiment=best_{study_name}'",
     ]
+    if pinned:
+        header.append(
+            "# study.lr_grid holds only the trial's finetune.lr: every arm fits at that rate."
+        )
     doc: dict[str, Any] = {}
     if defaults:
         doc["defaults"] = defaults
