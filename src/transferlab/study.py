@@ -141,15 +141,13 @@ def variants(cfg: DictConfig, route: RouteModels) -> list[Variant]:
         return "scratch" if arch == primary_arch else f"scratch_{arch}"
 
     arms: list[Variant] = []
-    tuned_cfg = cfg.finetune.get("fine_tuned")
-    tuned = objectives if tuned_cfg is None else [o for o in objectives if o in map(str, tuned_cfg)]
+    tuned = fine_tuned(cfg, objectives)
     for o in tuned:
         arch = route.arch_key(o)
         arms.append(Variant(o, Init("pretrained", arch, o), control=control(arch)))
-    if int(cfg.finetune.get("dapt_epochs") or 0) > 0:
-        for o in filter(route.can_adapt, tuned):
-            arch = route.arch_key(o)
-            arms.append(Variant(o + DAPT_SUFFIX, Init("adapted", arch, o), control=control(arch)))
+    for o in adapted(cfg, route):
+        arch = route.arch_key(o)
+        arms.append(Variant(o + DAPT_SUFFIX, Init("adapted", arch, o), control=control(arch)))
     for key in route.hub_keys():
         arms.append(Variant(key, Init("hub", key), control=control(key)))
     declared = dict(plain(cfg.finetune.get("variants")) or {})
@@ -210,6 +208,20 @@ def _probes(v: Variant) -> bool:
 
 def _probes_node(node: Mapping[str, Any] | None) -> bool:
     return (node or {}).get("strategy") == "linear_probe"
+
+
+def fine_tuned(cfg: DictConfig, objectives: Sequence[str]) -> list[str]:
+    """The objectives of ``objectives`` that ``finetune.fine_tuned`` fine-tunes (null: all)."""
+    names = cfg.finetune.get("fine_tuned")
+    return list(objectives) if names is None else [o for o in objectives if o in map(str, names)]
+
+
+def adapted(cfg: DictConfig, route: RouteModels) -> list[str]:
+    """The objectives whose DAPT twin ``<o>_dapt`` the study runs (``finetune.dapt_epochs > 0``:
+    the fine-tuned ones that read no labels)."""
+    if int(cfg.finetune.get("dapt_epochs") or 0) <= 0:
+        return []
+    return [o for o in fine_tuned(cfg, route.objectives()) if route.can_adapt(o)]
 
 
 def _arch_of(control: str, primary_arch: str) -> str:

@@ -37,7 +37,7 @@ from transferlab.routes.base import Route, subsample
 from transferlab.shift import estimators as est
 from transferlab.shift import measures
 from transferlab.shift import text as ts
-from transferlab.study import Init
+from transferlab.study import Init, adapted
 from transferlab.training import seed_all
 
 PAD_ID = 0  # [PAD] of the source tokenizer and of MiniLM's WordPiece vocabulary
@@ -194,13 +194,14 @@ class TextRoute(Route):
         and for unlabelled targets of a randomly initialised model of the primary's architecture
         (perplexity ≈ vocabulary size)."""
         rows: dict[str, dict[str, float]] = {}
+        dapt = adapted(self.cfg, self)
         for o in self.objectives():
             init = Init("pretrained", self.arch_key(o), o)
             rows[o] = self._lm_row(self.objective_module(o, self.backbone(init)), data)
-            if int(self.cfg.finetune.dapt_epochs or 0):
+            if o in dapt:  # the study's DAPT twins (finetune.dapt_epochs, fine-tuned objectives)
                 path = self.dirs["finetune"] / f"{o}_dapt" / f"{target}.backbone.pt"
-                adapted, _ = load_backbone(path)
-                rows[f"{o}_dapt"] = self._lm_row(self.objective_module(o, adapted), data)
+                backbone, _ = load_backbone(path)
+                rows[f"{o}_dapt"] = self._lm_row(self.objective_module(o, backbone), data)
         if not self.labelled(data):
             primary = self.primary()
             backbone = self.backbone(Init("scratch", self.arch_key(primary)))
