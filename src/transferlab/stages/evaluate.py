@@ -43,7 +43,7 @@ from transferlab.routes import Route, get_route
 from transferlab.routes.base import wise_mix
 from transferlab.stages.context import Runtime
 from transferlab.stages.fit import nested_subset, subset_split
-from transferlab.stats import failed, mean_ci, paired_gain, underfit
+from transferlab.stats import mean_ci, paired_gain
 from transferlab.study import Protocol, Variant, variants
 
 
@@ -226,25 +226,17 @@ def target_entry(
     return entry
 
 
-def arm_info(
-    history: Mapping[str, Any], target: str, num_classes: int, protocol: Protocol
-) -> dict[str, dict[str, Any]]:
-    """From finetune's history.json: per arm the selected rate, the seeds that failed (final
-    eval-mode train accuracy below chance + ``study.fail_margin``) and, for an SGD arm, those that
-    learned but ended below ``study.fit_threshold`` (underfit)."""
+def arm_info(history: Mapping[str, Any], target: str) -> dict[str, dict[str, Any]]:
+    """From finetune's history.json: per arm the selected rate and the seeds the finetune stage
+    flagged ``failed`` (chance level or diverged) or ``underfit`` (below ``study.fit_threshold``)."""
     out: dict[str, dict[str, Any]] = {}
     for name, arm in (history.get("targets", {}).get(target) or {}).items():
-        final = {
-            int(s): (rec["history"][-1] if rec["history"] else {}).get("train/acc_eval")
-            for s, rec in arm["seeds"].items()
+        seeds = arm["seeds"]
+        out[name] = {
+            "lr": arm.get("lr"),
+            "failed_seeds": [int(s) for s, rec in seeds.items() if rec.get("failed")],
+            "underfit_seeds": [int(s) for s, rec in seeds.items() if rec.get("underfit")],
         }
-        bad = [s for s, acc in final.items() if failed(acc, num_classes, protocol.fail_margin)]
-        weak = [
-            s
-            for s, acc in final.items()
-            if arm.get("lr") is not None and s not in bad and underfit(acc, protocol.fit_threshold)
-        ]
-        out[name] = {"lr": arm.get("lr"), "failed_seeds": bad, "underfit_seeds": weak}
     return out
 
 
@@ -282,7 +274,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
                 per_seed = evaluate_target(
                     route, arms, target, data, ood, confusion, protocol.seeds
                 )
-                info = arm_info(history, target, len(data["classes"]), protocol)
+                info = arm_info(history, target)
                 entry = target_entry(route, arms, per_seed, info, protocol)
                 rows = {v: _numbers(entry[v if v != primary else "pretrained"]) for v in per_seed}
             report["targets"][target] = entry

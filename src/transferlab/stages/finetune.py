@@ -146,7 +146,10 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
                         len(datasets[target]["classes"]),
                         meta,
                     )
-                summary["targets"].setdefault(target, {})[name] = _arm_summary(results, lr, kept)
+                k = len(datasets[target]["classes"])
+                summary["targets"].setdefault(target, {})[name] = _arm_summary(
+                    results, lr, kept, k, protocol
+                )
             write_json(out / "history.json", summary)
         tr.log_artifact(route.dirs["finetune"] / "history.json")
     return summary
@@ -174,36 +177,47 @@ def _select(results: list[FitResult]) -> float | None:
     return lr
 
 
+def _flags(res: FitResult, num_classes: int, protocol: Protocol) -> dict[str, bool]:
+    """The fit's ``failed`` (chance level or diverged) and ``underfit`` (an SGD fit that learned
+    but ends below ``study.fit_threshold``) flags, from its final eval-mode train accuracy."""
+    diverged = isinstance(res.error, TrainingError)
+    train_acc = res.history[-1].get("train/acc_eval") if res.history and not diverged else None
+    bad = failed(train_acc, num_classes, protocol.fail_margin)
+    weak = not bad and not is_probe(res.fit) and underfit(train_acc, protocol.fit_threshold)
+    return {"failed": bad, "underfit": weak}
+
+
 def _checked(
     res: FitResult, route: Route, data: dict[str, Any], protocol: Protocol, tr: Tracker
 ) -> FitResult:
-    """Log the fit's MLflow run (tagged ``failed`` when it did not learn its train set or
-    diverged, ``underfit`` when an SGD fit ends below ``study.fit_threshold``) and re-raise any error but divergence, which only rules its rate out."""
+    """Log the fit's MLflow run (tagged with its :func:`_flags`, seed and rate) and re-raise any
+    error but divergence, which only rules its rate out."""
     fit = res.fit
-    diverged = isinstance(res.error, TrainingError)
-    train_acc = res.history[-1].get("train/acc_eval") if res.history and not diverged else None
-    bad = failed(train_acc, len(data["classes"]), protocol.fail_margin)
-    weak = not bad and not is_probe(fit) and underfit(train_acc, protocol.fit_threshold)
+    flags = _flags(res, len(data["classes"]), protocol)
     tags = {
         "target": fit.target,
         "variant": fit.variant.name,
         "seed": str(fit.seed),
         "lr": "probe" if is_probe(fit) else f"{_lr(res):g}",
-        "failed": str(bad).lower(),
-        "underfit": str(weak).lower(),
+        **{k: str(v).lower() for k, v in flags.items()},
     }
     name = f"finetune:{fit.name}:seed{fit.seed}" + ("" if is_probe(fit) else f":lr{_lr(res):g}")
     tr.log_fit(name, tags, res.log, res.error)
-    if res.error is not None and not diverged:
+    if res.error is not None and not isinstance(res.error, TrainingError):
         raise res.error
     return res
 
 
 def _arm_summary(
-    results: list[FitResult], lr: float | None, kept: list[FitResult]
+    results: list[FitResult],
+    lr: float | None,
+    kept: list[FitResult],
+    num_classes: int,
+    protocol: Protocol,
 ) -> dict[str, Any]:
     """history.json's entry of one arm: the selected rate, every grid point's per-seed val
-    accuracy, and per kept seed its history (the last row has ``train/acc_eval``)."""
+    accuracy, and per kept seed its history (the last row has ``train/acc_eval``) and its
+    :func:`_flags` (what evaluate reports)."""
     grid: dict[str, dict[str, float]] = {}
     for r in results:
         key = "probe" if lr is None else f"{_lr(r):g}"
@@ -212,5 +226,8 @@ def _arm_summary(
     return {
         "lr": lr,
         "val_acc_grid": grid,
-        "seeds": {str(r.fit.seed): {"history": r.history} for r in kept},
+        "seeds": {
+            str(r.fit.seed): {"history": r.history, **_flags(r, num_classes, protocol)}
+            for r in kept
+        },
     }
