@@ -42,7 +42,7 @@ from transferlab.plots import (
 from transferlab.routes import Route, get_route
 from transferlab.routes.base import wise_mix
 from transferlab.stages.context import Runtime
-from transferlab.stages.fit import nested_subset, subset_split
+from transferlab.stages.fit import seed_shots
 from transferlab.stats import mean_ci, paired_gain
 from transferlab.study import Protocol, Variant, variants
 
@@ -106,9 +106,7 @@ def evaluate_target(
         # fast: batched by length (text), equal to in-order batching up to float rounding
         return route.predict(model, route.inputs(model.backbone, split), fast=True)
 
-    def score(model: Any, name: str, seed: int) -> dict[str, float]:
-        train = subset_split(data["train"], nested_subset(data["train"]["y"], shots, seed))
-        splits = {"train": train, "val": data["val"], "test": data["test"]}
+    def score(model: Any, name: str, splits: Mapping[str, Any]) -> dict[str, float]:
         m = {
             s: classification_metrics(logits(model, split), split["y"], k, bins, ls)
             for s, split in splits.items()
@@ -122,11 +120,12 @@ def evaluate_target(
     rows: dict[str, dict[int, dict[str, float]]] = {}
     primary = route.primary()
     for seed in seeds:
+        splits = {"train": seed_shots(data, shots, seed), "val": data["val"], "test": data["test"]}
         models: dict[str, Any] = {}
         for v in arms:
             path = route.dirs["finetune"] / v.name / target / f"seed{seed}.pt"
             models[v.name], _ = load_classifier(path)
-            rows.setdefault(v.name, {})[seed] = score(models[v.name], v.name, seed)
+            rows.setdefault(v.name, {})[seed] = score(models[v.name], v.name, splits)
         # WiSE-FT (Wortsman et al. 2022) between the linear probe (pre-trained backbone,
         # logistic-regression head: alpha = 0) and the model fine-tuned end to end from it (LP-FT:
         # alpha = 1), seed by seed. A model fine-tuned from a random head shares no basin with the
@@ -135,7 +134,8 @@ def evaluate_target(
         if lp is not None and ft is not None:
             for alpha in cfg.finetune.wise_alphas or []:
                 name = f"{primary}/wise_{float(alpha):g}"
-                rows.setdefault(name, {})[seed] = score(wise_mix(lp, ft, float(alpha)), name, seed)
+                mix = wise_mix(lp, ft, float(alpha))
+                rows.setdefault(name, {})[seed] = score(mix, name, splits)
         if seed == seeds[0]:
             for name in (primary, "scratch"):
                 out = logits(models[name], data["test"])

@@ -81,10 +81,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     datasets = {t: route.target_data(t) for t in route.targets()}
     arms = variants(cfg, route)
     labelled = [t for t, d in datasets.items() if route.labelled(d)]
-    grid_sizes = (
-        [len(grid_fits(fit_for(cfg, labelled[0], v), protocol)) for v in arms] if labelled else []
-    )
-    n_fits = len(labelled) * sum(grid_sizes)
+    n_fits = len(labelled) * len(arms)  # at least: the pool never starts more workers than fits
     summary: dict[str, Any] = {"route": route.name, "protocol": asdict(protocol), "targets": {}}
     progress = bool(cfg.trainer.enable_progress_bar)
     tags = {"route": route.name, "run_name": f"finetune:{route.name}"}

@@ -81,12 +81,16 @@ def freeze_schedule(hp: Mapping[str, Any]) -> Callback:
     )
 
 
+def seed_shots(data: Mapping[str, Any], shots: int, seed: int) -> dict[str, Any]:
+    """The training split of a seed: ``shots`` per class drawn from the target's labelled pool."""
+    return subset_split(data["train"], nested_subset(data["train"]["y"], shots, seed))
+
+
 def train_data(fit: Fit, data: Mapping[str, Any]) -> Mapping[str, Any]:
     """The target's data with the fit's training subset (``fit.shots`` per class)."""
     if fit.shots is None:
         return data
-    idx = nested_subset(data["train"]["y"], fit.shots, fit.seed)
-    return {**data, "train": subset_split(data["train"], idx)}
+    return {**data, "train": seed_shots(data, fit.shots, fit.seed)}
 
 
 def run_fit(
@@ -114,7 +118,7 @@ def run_fit(
     num_classes = len(data["classes"])
     model = Classifier(backbone, num_classes, head_dropout=float(hp["head_dropout"]))
     if str(hp["strategy"]) == "lp_ft":  # LP-FT: the linear probe's head, then fine-tune it all
-        probe_head(model, route, data, hp)
+        probe_head(model, route, x, data, hp)
     train = route.loader(
         x["train"],
         data["train"]["y"],
@@ -197,18 +201,19 @@ def accuracy(route: Route, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
 
 def probe_head(
-    model: Classifier, route: Route, data: Mapping[str, Any], hp: Mapping[str, Any]
+    model: Classifier,
+    route: Route,
+    x: Mapping[str, torch.Tensor],
+    data: Mapping[str, Any],
+    hp: Mapping[str, Any],
 ) -> Probe:
     """Fit the linear probe of ``model``'s backbone (its BatchNorm statistics re-estimated on the
     training inputs, features standardised, a logistic regression with C chosen on val:
-    :func:`~transferlab.finetune.probe.fit_probe`) and set it as ``model``'s head."""
+    :func:`~transferlab.finetune.probe.fit_probe`) and set it as ``model``'s head. ``x``: the
+    backbone's inputs of the train and val splits of ``data``."""
     backbone = model.backbone
-    x_train = route.inputs(backbone, data["train"])
-    recalibrate_batchnorm(backbone, lambda m: route.predict(m, x_train))
-    feats = {
-        s: route.predict(backbone, route.inputs(backbone, data[s])).double().numpy()
-        for s in ("train", "val")
-    }
+    recalibrate_batchnorm(backbone, lambda m: route.predict(m, x["train"]))
+    feats = {s: route.predict(backbone, x[s]).double().numpy() for s in ("train", "val")}
     probe = fit_probe(
         feats["train"],
         data["train"]["y"].numpy(),
@@ -232,10 +237,10 @@ def run_probe(
     seed_all(fit.seed)
     backbone = route.backbone(fit.variant.init, adapted=fit.adapted)
     model = Classifier(backbone, len(data["classes"]), head_dropout=float(hp["head_dropout"]))
-    probe = probe_head(model, route, data, hp)
+    x = {s: route.inputs(backbone, data[s]) for s in ("train", "val")}
+    probe = probe_head(model, route, x, data, hp)
     for p in backbone.parameters():
         p.requires_grad_(False)
-    x_train = route.inputs(backbone, data["train"])
     row = {
         "epoch": 0,
         "step": 0,
@@ -243,7 +248,7 @@ def run_probe(
         "val/acc": probe.val_acc,
         "val/acc_eval": probe.val_acc,
         "probe/C": probe.C,
-        "train/acc_eval": accuracy(route, model, x_train, data["train"]["y"]),
+        "train/acc_eval": accuracy(route, model, x["train"], data["train"]["y"]),
     }
     return model, [row]
 
