@@ -228,10 +228,16 @@ def validate(cfg: DictConfig, stage: str | None = None) -> None:
             )
     if stage in (None, "finetune", "evaluate", "curves"):
         tuned = cfg.finetune.get("fine_tuned")
+        hubs = [  # backbones with their own weights (model.<route>.<key>.pretrained: true)
+            str(k)
+            for k, v in (cfg.model[route] or {}).items()
+            if isinstance(v, DictConfig) and v.get("pretrained") is True
+        ]
         for name in tuned or []:
-            if str(name) not in known:
+            if str(name) not in known + hubs:
                 raise ConfigError(
-                    f"finetune.fine_tuned: unknown objective '{name}'; allowed: {', '.join(known)}"
+                    f"finetune.fine_tuned: unknown objective '{name}'; allowed: "
+                    + ", ".join(known + hubs)
                 )
         primary = str(OmegaConf.select(cfg, primary_key(cfg, route)))
         if tuned is not None and primary not in [str(t) for t in tuned]:

@@ -163,13 +163,29 @@ def kl_vs_gain(
     title: str,
     kl_err: Sequence[tuple[float, float]] | None = None,
     gain_err: Sequence[Sequence[float | None] | None] | None = None,
+    families: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Scatter of a shift measure against transfer gain, one labelled point per target; the
     measure's bootstrap interval as a horizontal bar, the gain's interval over seeds as a
-    vertical one."""
+    vertical one. Each graded shift family (``{name: {"targets": [...], "severities": [...]}}``,
+    clean base first) is a connected line through its members, labelled by severity. The x axis
+    is logarithmic when the measure spans more than two decades."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.scatter(kl, gain, zorder=3)
+    at = dict(zip(names, zip(kl, gain, strict=True), strict=True))
+    short: dict[str, str] = {}
+    for i, (fam, spec) in enumerate((families or {}).items()):
+        pts = [(t, s) for t, s in zip(spec["targets"], spec["severities"], strict=True) if t in at]
+        if len(pts) < 2:
+            continue
+        xs, ys = zip(*(at[t] for t, _ in pts), strict=True)
+        ax.plot(
+            xs, ys, "-o", color=f"C{2 + i}", lw=1.5, ms=4, zorder=2, label=f"{fam} (severity 0-5)"
+        )
+        short.update({t: f"s{s}" for t, s in pts[1:]})
+    if short:
+        ax.legend(fontsize=7, loc="best")
     if kl_err is not None:
         _intervals(ax, kl_err, gain)
     for x, ci in zip(kl, gain_err or [None] * len(kl), strict=True):
@@ -177,7 +193,10 @@ def kl_vs_gain(
             ax.plot([x, x], [ci[0], ci[1]], color="C1", lw=1.2, alpha=0.7)
             ax.plot([x, x], [ci[0], ci[1]], "_", color="C1", ms=8, alpha=0.7)
     for n, x, y in zip(names, kl, gain, strict=True):
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(short.get(n, n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    positive = [x for x in kl if x is not None and x > 0]
+    if positive and max(positive) / min(positive) > 100:
+        ax.set_xscale("log")
     ax.margins(x=0.15)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel(xlabel)

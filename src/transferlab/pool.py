@@ -43,6 +43,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from threadpoolctl import threadpool_limits
 
+from transferlab.models.checkpoint import classifier_state
 from transferlab.routes import Route
 from transferlab.stages.context import Executor
 from transferlab.stages.fit import run_fit
@@ -161,7 +162,7 @@ def picklable(exc: Exception) -> Exception:
 def pack_state(module: torch.nn.Module) -> bytes:
     """A module's weights as ``torch.save`` bytes (plain tensors: safe to read back)."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    torch.save(classifier_state(module), buf)
     return buf.getvalue()
 
 

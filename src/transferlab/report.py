@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.io import write_text
+from transferlab import findings
+from transferlab.io import write_json, write_text
 
 SHIFT_COLUMNS = [
     ("kl_input", "KL input"),
@@ -153,10 +154,123 @@ def protocol_line(ev: Mapping[str, Any]) -> str:
     )
 
 
-def comparison_tables(ev: Mapping[str, Any]) -> list[str]:
+def probe_table(ev: Mapping[str, Any], members: set[str]) -> list[str]:
+    """The standard SSL evaluation: every objective's linear probe on every target, next to the
+    random-init and raw-input floors (mean test accuracy [interval] over seeds)."""
+    labelled = {
+        t: e
+        for t, e in ev.get("targets", {}).items()
+        if e.get("gain") is not None and t not in members
+    }
+    names = list(
+        dict.fromkeys(
+            v
+            for e in labelled.values()
+            for v in e
+            if v.endswith("/linear_probe") or v.startswith("floor/")
+        )
+    )
+    if not labelled or not names:
+        return []
+    names = [n for n in names if not n.startswith("floor/")] + [
+        n for n in names if n.startswith("floor/")
+    ]
+    lines = [
+        "",
+        "Linear-probe evaluation (frozen backbone, logistic regression with its L2 strength "
+        "chosen on val): test accuracy, mean [interval] over seeds, next to the floors:",
+        "",
+        "| probe | " + " | ".join(labelled) + " |",
+        "|---|" + "---|" * len(labelled),
+    ]
+    for v in names:
+        cells = [_fmt(e[v]["test/acc"], _ci(e[v])) if v in e else "–" for e in labelled.values()]
+        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ood_table(ev: Mapping[str, Any]) -> list[str]:
+    """In-distribution and OOD test accuracy of full fine-tuning, the linear probe, LP-FT and the
+    WiSE-FT mixes, per target with OOD partners (Kumar et al. 2022; Wortsman et al. 2022)."""
+    primary = str(ev.get("primary_objective"))
+    lines: list[str] = []
+    for t, e in ev.get("targets", {}).items():
+        pre = e.get("pretrained") or {}
+        partners = [k.split("/")[1] for k in pre if k.startswith("ood/") and k != "ood/acc"]
+        if not partners:
+            continue
+        arms = [
+            ("full fine-tuning", "pretrained"),
+            ("linear probe", f"{primary}/linear_probe"),
+            ("LP-FT", f"{primary}/lp_ft"),
+            *(
+                (f"WiSE-FT α={v.removeprefix(f'{primary}/wise_')}", v)
+                for v in e
+                if v.startswith(f"{primary}/wise_")
+            ),
+            ("scratch", "scratch"),
+        ]
+        lines += [
+            "",
+            f"In-distribution (`{t}`) and OOD test accuracy of the primary's strategies, mean "
+            "[interval] over seeds (OOD: the same models on the partners' test images):",
+            "",
+            f"| strategy | {t} (ID) | " + " | ".join(f"{p} (OOD)" for p in partners) + " |",
+            "|---|---|" + "---|" * len(partners),
+        ]
+        for label, v in arms:
+            r = e.get(v)
+            if not r:
+                continue
+            cells = [_fmt(r.get(f"ood/{p}/acc"), _ci(r, f"ood/{p}/acc")) for p in partners]
+            lines.append(
+                f"| {label} (`{v if v != 'pretrained' else primary}`) | "
+                f"{_fmt(r['test/acc'], _ci(r))} | " + " | ".join(cells) + " |"
+            )
+    return lines
+
+
+def family_table(sh: Mapping[str, Any]) -> list[str]:
+    """Each graded shift family: per severity the input KL and the gain, and the Spearman
+    correlation of severity with the gain (bootstrap interval)."""
+    lines: list[str] = []
+    for name, fam in (sh.get("families") or {}).items():
+        rows = sh.get("targets", {})
+        c = fam.get("severity_gain") or {}
+        lines += [
+            "",
+            f"Graded shift family `{name}` (labels unchanged; severity 0 = the clean target): "
+            f"Spearman ρ(severity, gain) = {_fmt(c.get('spearman'), c.get('spearman_ci'))}.",
+            "",
+            "| severity | target | KL input | KL feat. (Gauss) | gain |",
+            "|---|---|---|---|---|",
+        ]
+        for t, sev in zip(fam["targets"], fam["severities"], strict=True):
+            r = rows.get(t, {})
+            ci = r.get("ci", {})
+            g = fam.get("gains", {}).get(t)
+            iv = fam.get("gain_intervals", {}).get(t) or [None, None]
+            gain = _gain(g, {"lo": iv[0], "hi": iv[1], "resolved": _excludes0(iv)})
+            lines.append(
+                f"| {sev} | {t} | {_fmt(r.get('kl_input'), ci.get('kl_input'))} | "
+                f"{_fmt(r.get('kl_feature'), ci.get('kl_feature'))} | {gain} |"
+            )
+    return lines
+
+
+def _excludes0(iv: Sequence[float | None]) -> bool:
+    lo, hi = iv[0], iv[1]
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+def comparison_tables(ev: Mapping[str, Any], members: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Targets × variants: mean test accuracy [interval] and the selected rate; then the paired
-    gains over each variant's control."""
-    labelled = {t: e for t, e in ev.get("targets", {}).items() if e.get("gain") is not None}
+    gains over each variant's control (the members of a shift family are in the family table)."""
+    labelled = {
+        t: e
+        for t, e in ev.get("targets", {}).items()
+        if e.get("gain") is not None and t not in members
+    }
     if not labelled:
         return []
     primary = ev.get("primary_objective")
@@ -223,7 +337,10 @@ def route_section(route: str, reports: Path) -> list[str]:
         f"Source: `{sh.get('source', '?')}`; primary objective: `{ev.get('primary_objective', '?')}`. "
         + protocol_line(ev),
     ]
-    lines += comparison_tables(ev)
+    members = {t for f in (sh.get("families") or {}).values() for t in f["targets"][1:]}
+    lines += probe_table(ev, members)
+    lines += comparison_tables(ev, members)
+    lines += ood_table(ev)
     lines += [
         "",
         "Shift per target and the primary's gain over scratch (– where a target has no labels). "
@@ -267,16 +384,21 @@ def route_section(route: str, reports: Path) -> list[str]:
         among = sh.get("correlated_targets") or [
             t for t, r in sh.get("targets", {}).items() if r.get("gain") is not None
         ]
+        lines += family_table(sh)
         lines += [
             "",
             f"How well each shift measure predicts the gain across the {len(among)} targets with "
-            f"a gain ({', '.join(among)}):",
+            f"a gain ({', '.join(among)}); brackets: "
+            f"{sh.get('correlation_interval', 'bootstrap interval')} (– : too few targets):",
             "",
             "| measure | Spearman ρ | Pearson r |",
             "|---|---|---|",
         ]
         for m, c in corr.items():
-            lines.append(f"| {m} | {_fmt(c.get('spearman'))} | {_fmt(c.get('pearson'))} |")
+            lines.append(
+                f"| {m} | {_fmt(c.get('spearman'), c.get('spearman_ci'))} | "
+                f"{_fmt(c.get('pearson'), c.get('pearson_ci'))} |"
+            )
     lines += curves_section(reports / route / "curves.json")
     for png, caption in (
         ("accuracy.png", "Test accuracy per target and variant (error bars: interval over seeds)"),
@@ -345,7 +467,31 @@ def curves_section(path: Path) -> list[str]:
     return lines
 
 
+def load_reports(reports: Path, routes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each route's ``evaluate``, ``shift`` and ``curves`` reports (those that exist)."""
+    out: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        out[route] = {
+            name: json.loads(p.read_text())
+            for name in ("evaluate", "shift", "curves")
+            if (p := reports / route / f"{name}.json").exists()
+        }
+    return out
+
+
 def write_summary(reports: Path, routes: Sequence[str]) -> str:
+    """Write ``summary.md`` (opening with the Findings) and ``findings.json``; return the text."""
+    loaded = load_reports(reports, routes)
+    conf = next(
+        (
+            float(r["evaluate"]["protocol"]["confidence"])
+            for r in loaded.values()
+            if "confidence" in (r.get("evaluate", {}).get("protocol") or {})
+        ),
+        0.95,
+    )
+    found = findings.build(loaded, conf)
+    write_json(reports / "findings.json", findings.as_json(found))
     body = [
         "# transferlab: summary",
         "",
@@ -353,6 +499,7 @@ def write_summary(reports: Path, routes: Sequence[str]) -> str:
         "Shift measures are documented in each route's `shift.json` (`estimators`).",
         "",
     ]
+    body += findings.markdown(found)
     body += failed_section(reports, routes)
     for route in routes:
         body += route_section(route, reports)

@@ -64,6 +64,7 @@ DecoderPool = Literal["last", "mean"]
 Reduce = Literal["last", "best"]
 Accelerator = Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"]
 ProcessGroupBackend = Literal["gloo", "nccl"]
+Corruption = Literal["gaussian_noise", "contrast", "gaussian_blur"]
 
 ROUTES: tuple[str, ...] = get_args(Route)
 STAGES: tuple[str, ...] = get_args(Stage)
@@ -170,6 +171,34 @@ class PathsConf:
 
 
 @dataclass
+class CorruptionsConf:
+    base: str | None = knob(
+        "fmnist",
+        "the target whose corrupted copies (same images and splits, labels unchanged) form the "
+        "graded shift family <base>_<kind><severity>; null: no family",
+    )
+    kinds: list[str] = knob(
+        ["gaussian_noise"],
+        "corruptions of the family (transferlab.data.corruptions, ImageNet-C's parameters)",
+        choices=Corruption,
+        item="kind",
+    )
+    severities: list[int] = knob(
+        [1, 2, 3, 4, 5],
+        "severities of each kind, 1 (mild) .. 5 (severe)",
+        ge=1,
+        le=5,
+        item="severity",
+    )
+    arms: list[str] | None = knob(
+        None,
+        "the study arms fitted on the family's targets (names as in the reports); null: the "
+        "primary objective and its scratch control, which is what the shift-vs-gain analysis "
+        "reads",
+    )
+
+
+@dataclass
 class ImageDataConf:
     source: str = knob(
         "fashion_mnist",
@@ -180,7 +209,7 @@ class ImageDataConf:
         "/usr/share/datasets/fashion-mnist", "folder of the Fashion-MNIST IDX files (*.gz)"
     )
     source_train: int = knob(
-        10000, "pre-training images drawn from the official 60k train split", ge=1
+        50000, "pre-training images drawn from the official 60k train split", ge=1
     )
     source_val: int = knob(1000, "source validation images, from the train split, disjoint", ge=1)
     source_test: int = knob(
@@ -204,6 +233,16 @@ class ImageDataConf:
     val_per_class: int = knob(20, "held-out validation examples per class (at most)", ge=1)
     test_per_class: int = knob(100, "held-out test examples per class (at most)", ge=1)
     texture_patch: int = knob(28, "side of the square patches cut from the texture images", ge=1)
+    corruptions: CorruptionsConf = knob(
+        CorruptionsConf,
+        "the graded shift axis: corrupted copies of one target, added to the targets after "
+        "data.image.targets (docs/shift.md)",
+    )
+    ood_partners: dict[str, list[str]] = knob(
+        {"fmnist": ["fmnist_gaussian_noise3", "fmnist_inverted"]},
+        "per target, the targets its fine-tuned models are also tested on (ood/<partner>/acc; "
+        "the first is its OOD partner, ood/acc)",
+    )
 
 
 @dataclass
@@ -353,7 +392,9 @@ class TextModelsMiniLM(TextModelsTransformer):
 
     minilm: MiniLMConf = knob(
         MiniLMConf,
-        "all-MiniLM-L6-v2, fine-tuned (variant minilm) against a scratch control of its architecture",
+        "all-MiniLM-L6-v2: probed (minilm/linear_probe vs its random-init twin "
+        "floor/random_init_minilm); fine-tuned end to end (variant minilm, against scratch_minilm) "
+        "when finetune.fine_tuned names it",
     )
 
 
@@ -363,7 +404,7 @@ class ModelConf:
     text: Any = group(
         "text backbones by architecture; each objective names the one it trains (group model/text)",
         {"transformer": TextModelsTransformer, "minilm": TextModelsMiniLM},
-        default="transformer",
+        default="minilm",
     )
 
 
@@ -428,9 +469,9 @@ class ContrastiveConf:
     lr: float = _lr(0.002)
     weight_decay: float = _wd(0.05)
     warmup_steps: int = _warmup(10)
-    max_epochs: int = _max_epochs(1)
+    max_epochs: int = _max_epochs(3)
     batch_size: int = _batch_size(128)
-    max_batches: int | None = _max_batches(40)
+    max_batches: int | None = _max_batches(800)
 
 
 @dataclass
@@ -450,9 +491,9 @@ class GanConf:
     n_samples: int = knob(
         64, "sample grid logged to MLflow each epoch (samples/epoch_XX.png)", ge=0
     )
-    max_epochs: int = _max_epochs(1)
+    max_epochs: int = _max_epochs(2)
     batch_size: int = _batch_size(128)
-    max_batches: int | None = _max_batches(60)
+    max_batches: int | None = _max_batches(400)
 
 
 @dataclass
@@ -463,7 +504,7 @@ class SupervisedConf:
     lr: float = _lr(0.002)
     weight_decay: float = _wd(0.05)
     warmup_steps: int = _warmup(10)
-    max_epochs: int = _max_epochs(1)
+    max_epochs: int = _max_epochs(2)
     batch_size: int = _batch_size(256)
     max_batches: int | None = _max_batches(None)
 
@@ -559,7 +600,7 @@ class MlmConf:
     lr: float = _lr(0.001)
     weight_decay: float = _wd(0.01)
     warmup_steps: int = _warmup(20)
-    max_epochs: int = _max_epochs(2)
+    max_epochs: int = _max_epochs(4)
 
 
 @dataclass
@@ -897,6 +938,12 @@ class ShiftImageConf:
         "bootstrap draws for the 95% intervals of kl_input, js_input, kl_feature; 0 = off",
         ge=0,
     )
+    n_corr_boot: int = knob(
+        2000,
+        "bootstrap draws (targets, then seeds within each) for the intervals of every "
+        "shift-vs-gain correlation (study.confidence); 0 = off",
+        ge=0,
+    )
 
 
 @dataclass
@@ -917,6 +964,12 @@ class ShiftTextConf:
     n_boot: int = knob(
         100,
         "bootstrap draws (whole LM blocks) for the 95% intervals of the shift measures; 0 = off",
+        ge=0,
+    )
+    n_corr_boot: int = knob(
+        2000,
+        "bootstrap draws (targets, then seeds within each) for the intervals of every "
+        "shift-vs-gain correlation (study.confidence); 0 = off",
         ge=0,
     )
 

@@ -9,9 +9,11 @@ A variant is declared, never parsed from its name. The default study of a route
 - with ``finetune.dapt_epochs > 0``, ``<o>_dapt``: such an objective continued on the target's
   unlabelled inputs, then fine-tuned (``Init("adapted", o)``), for every objective that reads no
   labels (:meth:`~transferlab.routes.base.Route.can_adapt`);
-- every hub model of the route (a backbone that brings its own weights, e.g. MiniLM);
-- with ``finetune.probe_objectives``, ``<o>/linear_probe`` for every objective (its gain is
-  measured against ``floor/random_init`` of its architecture);
+- every hub model of the route (a backbone that brings its own weights, e.g. MiniLM) that
+  ``finetune.fine_tuned`` names, fine-tuned end to end (``Init("hub", key)``);
+- with ``finetune.probe_objectives``, ``<o>/linear_probe`` for every objective and hub model (its
+  gain is measured against ``floor/random_init`` of its architecture: for a hub model, its own
+  architecture at random init, ``floor/random_init_<key>``);
 - every entry of ``finetune.variants`` (knob overrides such as a linear probe or LP-FT), applied to
   ``init`` (default: the route's primary objective) and reported as ``<init>/<name>``; an entry
   whose ``init`` is another route's objective runs on that route only;
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import ConfigError
 
 InitKind = Literal["pretrained", "adapted", "hub", "scratch", "raw"]
 DAPT_SUFFIX = "_dapt"
@@ -148,12 +152,13 @@ def variants(cfg: DictConfig, route: RouteModels) -> list[Variant]:
     for o in adapted(cfg, route):
         arch = route.arch_key(o)
         arms.append(Variant(o + DAPT_SUFFIX, Init("adapted", arch, o), control=control(arch)))
-    for key in route.hub_keys():
+    hubs = route.hub_keys()
+    for key in fine_tuned(cfg, hubs):  # hub models fine-tuned end to end
         arms.append(Variant(key, Init("hub", key), control=control(key)))
     declared = dict(plain(cfg.finetune.get("variants")) or {})
     if cfg.finetune.get("probe_objectives"):  # <o>/linear_probe for every objective
         probe_name = next((n for n, node in declared.items() if _probes_node(node)), "linear_probe")
-        probes = [(f"{o}/{probe_name}", {**PROBE, "init": o}) for o in objectives]
+        probes = [(f"{o}/{probe_name}", {**PROBE, "init": o}) for o in [*objectives, *hubs]]
         named = {f"{(node or {}).get('init') or primary}/{n}" for n, node in declared.items()}
         extra = [(key, node) for key, node in probes if key not in named]
     else:
@@ -161,10 +166,13 @@ def variants(cfg: DictConfig, route: RouteModels) -> list[Variant]:
     for name, node in [*declared.items(), *extra]:
         overrides = dict(node or {})
         init = str(overrides.pop("init", None) or primary)
+        full = name if "/" in name else f"{init}/{name}"
+        if init in hubs:  # a hub model's own weights
+            arms.append(Variant(full, Init("hub", init), overrides, control=control(init)))
+            continue
         if init not in objectives:  # an objective of another route: the variant runs there
             continue
         arch = route.arch_key(init)
-        full = name if "/" in name else f"{init}/{name}"
         arms.append(Variant(full, Init("pretrained", arch, init), overrides, control=control(arch)))
     controls = dict.fromkeys(
         [control(primary_arch), *(str(v.control) for v in arms if not _probes(v))]
@@ -211,7 +219,8 @@ def _probes_node(node: Mapping[str, Any] | None) -> bool:
 
 
 def fine_tuned(cfg: DictConfig, objectives: Sequence[str]) -> list[str]:
-    """The objectives of ``objectives`` that ``finetune.fine_tuned`` fine-tunes (null: all)."""
+    """The objectives (or hub models) of ``objectives`` that ``finetune.fine_tuned`` fine-tunes
+    (null: all)."""
     names = cfg.finetune.get("fine_tuned")
     return list(objectives) if names is None else [o for o in objectives if o in map(str, names)]
 
@@ -226,6 +235,31 @@ def adapted(cfg: DictConfig, route: RouteModels) -> list[str]:
 
 def _arch_of(control: str, primary_arch: str) -> str:
     return primary_arch if control == "scratch" else control.removeprefix("scratch_")
+
+
+def target_arms(cfg: DictConfig, arms: Sequence[Variant], member: bool) -> list[Variant]:
+    """The arms fitted on one target: all of ``arms``, or on a member of a graded shift family
+    (``member``) those of ``data.<route>.corruptions.arms`` (null: the primary objective and its
+    scratch control, what the shift-vs-gain analysis reads)."""
+    if not member:
+        return list(arms)
+    names = OmegaConf.select(cfg, f"data.{cfg.route}.corruptions.arms", default=None)
+    named = by_name(arms)
+    primary = named[str(OmegaConf.select(cfg, f"pretrain.{cfg.route}.primary"))]
+    needed = [primary.name, str(primary.control)]
+    if names is None:
+        names = needed
+    key = f"data.{cfg.route}.corruptions.arms"
+    for n in [str(n) for n in names]:
+        if n not in named:
+            raise ConfigError(f"{key}: unknown arm '{n}'; allowed: {', '.join(named)}")
+    missing = [n for n in needed if n not in [str(x) for x in names]]
+    if missing:
+        raise ConfigError(
+            f"{key}={[str(n) for n in names]} leaves out '{missing[0]}' (the gain along the "
+            "shift axis is the primary's over its scratch control); add it, or null"
+        )
+    return [v for v in arms if v.name in {str(n) for n in names}]
 
 
 def by_name(arms: Sequence[Variant]) -> dict[str, Variant]:

@@ -8,7 +8,13 @@ Targets (design.md §3; measured pixel-histogram KL from Fashion-MNIST in bracke
   (out-of-distribution) partner of ``fmnist``;
 - ``digits`` — scikit-learn digits resized to 28×28 (KL≈0.11);
 - ``lfw`` — scikit-image LFW faces vs non-faces (KL≈0.59);
-- ``textures`` — brick / grass / gravel patches split by image region (KL≈4.65).
+- ``textures`` — brick / grass / gravel patches split by image region (KL≈4.65);
+- the graded shift family ``<base>_<kind><severity>`` (``data.image.corruptions``): the base
+  target's images and splits corrupted at each severity (:mod:`transferlab.data.corruptions`),
+  labels unchanged, so that only the shift changes along the family.
+
+``data.image.ood_partners`` names, per target, the targets its fine-tuned models are also tested
+on (the manifest's ``ood_partners``; the first is the OOD partner).
 
 Each dataset is written once as ``uint8`` tensors (``x``: ``(N, 1, 28, 28)``, ``y``: ``(N,)``) with a
 few-shot train set of ``shots_per_class`` examples per class and disjoint, held-out val/test sets.
@@ -27,12 +33,12 @@ import numpy as np
 import torch
 
 from transferlab.data import image_sources as src
+from transferlab.data.corruptions import corrupt, family_name
 from transferlab.errors import ConfigError
 from transferlab.io import save_torch
 from transferlab.progress import progress_bar
 
 IMAGE_TARGETS = ("fmnist", "fmnist_inverted", "digits", "lfw", "textures")
-OOD_PARTNER = {"fmnist": "fmnist_inverted"}
 Split = dict[str, np.ndarray]
 
 
@@ -167,6 +173,49 @@ def build_target(
     return {k: _take(x, y, v) for k, v in idx.items()}, classes
 
 
+def family(cfg: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """The graded shift family of ``data.image.corruptions``: ``(name, kind, severity)`` in
+    order, kind by kind and severity by severity (empty without a base)."""
+    c = cfg.get("corruptions") or {}
+    base = c.get("base")
+    if not base:
+        return []
+    return [
+        (family_name(str(base), str(k), int(s)), str(k), int(s))
+        for k in c.get("kinds") or []
+        for s in c.get("severities") or []
+    ]
+
+
+def all_targets(cfg: Mapping[str, Any]) -> list[str]:
+    """``data.image.targets`` followed by the shift family's targets."""
+    targets = [str(t) for t in cfg["targets"]]
+    return targets + [name for name, _, _ in family(cfg) if name not in targets]
+
+
+def families(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The manifest's ``families``: per kind, ``<base>_<kind>`` → its ordered ``targets`` (the
+    clean base first, severity 0) with their ``severities`` and ``kind``."""
+    base = (cfg.get("corruptions") or {}).get("base")
+    out: dict[str, dict[str, Any]] = {}
+    for name, kind, sev in family(cfg):
+        fam = out.setdefault(
+            f"{base}_{kind}", {"kind": kind, "targets": [str(base)], "severities": [0]}
+        )
+        fam["targets"].append(name)
+        fam["severities"].append(sev)
+    return out
+
+
+def corrupted(
+    splits: Mapping[str, Split], name: str, kind: str, severity: int, seed: int
+) -> dict[str, Split]:
+    """Every split of ``splits`` corrupted by ``kind`` at ``severity`` (labels kept); the noise
+    depends on the seed and the family member's name only."""
+    rng = rng_for(seed, name)
+    return {k: {"x": corrupt(v["x"], kind, severity, rng), "y": v["y"]} for k, v in splits.items()}
+
+
 def _describe(splits: Mapping[str, Split], classes: list[str]) -> dict[str, Any]:
     return {
         "classes": classes,
@@ -193,12 +242,32 @@ def build_image_data(
     cfg: Mapping[str, Any], out_dir: Path, seed: int, progress: bool = True
 ) -> dict[str, Any]:
     """Build the source and every target into ``out_dir``; return the manifest (also written)."""
-    targets = list(cfg["targets"])
-    unknown = [t for t in targets if t not in IMAGE_TARGETS]
+    named = [str(t) for t in cfg["targets"]]
+    unknown = [t for t in named if t not in IMAGE_TARGETS]
     if unknown:
         raise ConfigError(
             f"data.image.targets: unknown target '{unknown[0]}'; allowed: {', '.join(IMAGE_TARGETS)}"
         )
+    members = family(cfg)
+    base = (cfg.get("corruptions") or {}).get("base")
+    if members and base not in IMAGE_TARGETS:
+        raise ConfigError(
+            f"data.image.corruptions.base: unknown target '{base}'; allowed: "
+            f"{', '.join(IMAGE_TARGETS)} (or null: no family)"
+        )
+    targets = all_targets(cfg)
+    partners = {  # a target left out of the study takes its partners with it
+        str(k): [str(p) for p in v]
+        for k, v in (cfg.get("ood_partners") or {}).items()
+        if str(k) in targets
+    }
+    for t, ps in partners.items():
+        for name in ps:
+            if name not in targets:
+                raise ConfigError(
+                    f"data.image.ood_partners.{t}: '{name}' is not a target of this study; allowed: "
+                    + ", ".join(targets)
+                )
     manifest: dict[str, Any] = {
         "route": "image",
         "seed": int(seed),
@@ -212,9 +281,18 @@ def build_image_data(
         _save(out_dir / "source.pt", splits, classes)
         manifest["datasets"]["source"] = _describe(splits, classes)
         bar.advance(task)
+        built: dict[str, tuple[dict[str, Split], list[str]]] = {}
+        kinds = {name: (kind, sev) for name, kind, sev in members}
         for name in targets:
             bar.update(task, description=f"data[image] {name}")
-            t_splits, t_classes = build_target(name, cfg, seed, (pool_x, pool_y))
+            if name in kinds:
+                if base not in built:
+                    built[str(base)] = build_target(str(base), cfg, seed, (pool_x, pool_y))
+                clean, t_classes = built[str(base)]
+                t_splits = corrupted(clean, name, *kinds[name], seed)
+            else:
+                t_splits, t_classes = build_target(name, cfg, seed, (pool_x, pool_y))
+                built[name] = (t_splits, t_classes)
             empty = [k for k, v in t_splits.items() if len(v["y"]) == 0]
             if empty:
                 raise ConfigError(
@@ -223,9 +301,8 @@ def build_image_data(
             _save(out_dir / "targets" / f"{name}.pt", t_splits, t_classes)
             manifest["datasets"][name] = _describe(t_splits, t_classes)
             bar.advance(task)
-    manifest["ood_partner"] = {
-        k: v for k, v in OOD_PARTNER.items() if k in targets and v in targets
-    }
+    manifest["ood_partners"] = partners
+    manifest["families"] = families(cfg)
     manifest["hash"] = hashlib.sha256(
         json.dumps(manifest["datasets"], sort_keys=True).encode()
     ).hexdigest()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,36 @@ def load_backbone(
 
 CLASSIFIER_FORMAT = "transferlab-classifier/1"
 
+#: State-dict keys that carry a frozen backbone's reference (see :func:`classifier_state`).
+FROZEN = "_frozen_backbone."
+
+
+def checksum(module: nn.Module) -> torch.Tensor:
+    """Sum and sum of squares of every parameter (float64): tells a rebuilt backbone from another
+    initialisation, cheaply."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for p in module.parameters():
+        d = p.detach().double()
+        total += torch.stack([d.sum(), (d * d).sum()])
+    return total
+
+
+def classifier_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a fine-tuned classifier is saved as: its state dict; for a probe whose frozen backbone
+    can be rebuilt from its config and a seed (``model.frozen_seed``: a hub model's own weights or
+    a seeded random initialisation, no BatchNorm statistics of its own), the head and buffers only,
+    with the seed and the backbone's :func:`checksum` (a 22.7M-parameter MiniLM probe then takes
+    kilobytes instead of 91 MB per seed)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    seed = getattr(model, "frozen_seed", None)
+    if seed is None:
+        return state
+    params = {f"backbone.{n}" for n, _ in model.backbone.named_parameters()}
+    state = {k: v for k, v in state.items() if k not in params}
+    state[FROZEN + "seed"] = torch.tensor(int(seed))
+    state[FROZEN + "checksum"] = checksum(model.backbone)
+    return state
+
 
 def save_classifier(
     path: str | Path,
@@ -108,21 +138,31 @@ def save_classifier(
     meta: Mapping[str, Any],
 ) -> None:
     """Save a fine-tuned classifier (the module, or its state dict as a pool worker returns it)."""
-    state = model.state_dict() if isinstance(model, nn.Module) else model
-    save_torch(
-        path,
-        {
-            "format": CLASSIFIER_FORMAT,
-            "arch": dict(arch),
-            "num_classes": int(num_classes),
-            "state_dict": {k: v.detach().cpu() for k, v in state.items()},
-            "meta": dict(meta),
-        },
-    )
+    state = classifier_state(model) if isinstance(model, nn.Module) else dict(model)
+    frozen = {k.removeprefix(FROZEN): state.pop(k) for k in list(state) if k.startswith(FROZEN)}
+    ckpt = {
+        "format": CLASSIFIER_FORMAT,
+        "arch": dict(arch),
+        "num_classes": int(num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "meta": dict(meta),
+    }
+    if frozen:
+        ckpt["frozen_backbone"] = {
+            "seed": int(frozen["seed"]),
+            "checksum": [float(x) for x in frozen["checksum"]],
+        }
+    save_torch(path, ckpt)
 
 
-def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a fine-tuned classifier (backbone + linear head) saved by the finetune stage."""
+def load_classifier(
+    path: str | Path, rebuild: Callable[[int], nn.Module] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a fine-tuned classifier (backbone + linear head) saved by the finetune stage.
+
+    A probe saved without its frozen backbone (:func:`classifier_state`) needs ``rebuild(seed)``:
+    the backbone as the fit built it; its checksum must match the saved one. The model's
+    ``frozen_checksum`` then names the backbone (callers may share its features)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} is missing: run the finetune stage (dvc repro)")
@@ -136,11 +176,31 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f"checkpoint {path} is not a transferlab classifier ({CLASSIFIER_FORMAT} expected)"
         )
-    model = Classifier(build_backbone(ckpt["arch"]), ckpt["num_classes"])
+    frozen = ckpt.get("frozen_backbone")
+    if frozen is None:
+        backbone = build_backbone(ckpt["arch"])
+    else:
+        if rebuild is None:
+            raise CheckpointError(
+                f"checkpoint {path} holds a probe without its frozen backbone: load it through "
+                "the stage that knows the variant (evaluate)"
+            )
+        backbone = rebuild(int(frozen["seed"]))
+        if checksum(backbone).tolist() != list(frozen["checksum"]):
+            raise CheckpointError(
+                f"checkpoint {path}: the rebuilt backbone differs from the one the probe was "
+                "fitted on (another package version or initialisation); re-run finetune"
+            )
+    model = Classifier(backbone, ckpt["num_classes"])
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=frozen is None)
+        params = {f"backbone.{n}" for n, _ in backbone.named_parameters()}
+        if unexpected or set(missing) - params:
+            raise RuntimeError(f"keys {sorted(set(missing) - params) or unexpected} do not match")
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {path} does not fit its architecture: {str(exc).splitlines()[0]}"
         ) from None
+    if frozen is not None:
+        model.frozen_checksum = tuple(frozen["checksum"])  # type: ignore[assignment]
     return model, dict(ckpt.get("meta", {}))

@@ -96,6 +96,22 @@ class Route(ABC):
         path = self.dirs["manifest"]
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def families(self) -> dict[str, dict[str, Any]]:
+        """Graded shift families from the data stage's manifest: per family its ordered
+        ``targets`` (the clean base first) and their ``severities``."""
+        return dict(self.manifest().get("families", {}))
+
+    def family_members(self) -> set[str]:
+        """The corrupted members of every family (not their clean base)."""
+        return {t for f in self.families().values() for t in f["targets"][1:]}
+
+    def ood_partners(self) -> dict[str, list[str]]:
+        """Per target, the targets its fine-tuned models are also tested on (first: the OOD
+        partner)."""
+        return {
+            str(k): [str(p) for p in v] for k, v in self.manifest().get("ood_partners", {}).items()
+        }
+
     # ------------------------------------------------------------------------------ backbones
     def objectives(self) -> list[str]:
         return [str(o) for o in self.cfg.pretrain[self.name].objectives]

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from transferlab.data.image import build_image_data
+from transferlab.data.image import all_targets, build_image_data
 from transferlab.data.loaders import to_float
 from transferlab.models.checkpoint import build_backbone, load_backbone
 from transferlab.routes.base import Route, subsample
@@ -52,6 +52,10 @@ class ImageRoute(Route):
     def build_data(self, out: Path, progress: bool) -> dict[str, Any]:
         data_cfg = OmegaConf.to_container(self.cfg.data.image, resolve=True)
         return build_image_data(data_cfg, out, int(self.cfg.seed), progress=progress)
+
+    def targets(self) -> list[str]:
+        """``data.image.targets``, then the graded shift family (``data.image.corruptions``)."""
+        return all_targets(OmegaConf.to_container(self.cfg.data.image, resolve=True))
 
     # ------------------------------------------------------------------------------ backbones
     def arch_key(self, objective: str) -> str:

@@ -186,16 +186,70 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 def correlation_table(
-    rows: Mapping[str, Mapping[str, Any]], measures: list[str]
-) -> dict[str, dict[str, float | None]]:
-    """Spearman and Pearson correlation of each measure with ``gain`` across targets."""
+    rows: Mapping[str, Mapping[str, Any]],
+    measures: list[str],
+    n_boot: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Spearman and Pearson correlation of each measure with ``gain`` across targets; with
+    ``n_boot > 0`` and per-seed gains (``gain_per_seed``) in every row, each correlation's
+    bootstrap interval over targets and seeds (:func:`correlation_ci`: ``spearman_ci``,
+    ``pearson_ci``)."""
     names = [t for t, r in rows.items() if r.get("gain") is not None]
     gains = np.array([rows[t]["gain"] for t in names], dtype=float)
+    per_seed = [rows[t].get("gain_per_seed") for t in names]
     out = {}
     for m in measures:
         values = np.array(
             [np.nan if rows[t].get(m) is None else rows[t][m] for t in names], dtype=float
         )
-        corr = est.correlations(values, gains)
-        out[m] = {k: finite_or_none(v) for k, v in corr.items()}
+        corr: dict[str, Any] = {
+            k: finite_or_none(v) for k, v in est.correlations(values, gains).items()
+        }
+        if n_boot > 0 and names and all(p for p in per_seed):
+            corr.update(correlation_ci(values, per_seed, n_boot, seed, confidence))  # type: ignore[arg-type]
+        out[m] = corr
+    return out
+
+
+def correlation_ci(
+    values: np.ndarray,
+    gain_per_seed: list[list[float]],
+    n_boot: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, list[float | None]]:
+    """Percentile-bootstrap intervals of the Spearman and Pearson correlation between a shift
+    measure (one value per target) and the gain, resampling targets and, within each drawn
+    target, its seeds: each replicate draws ``n`` targets with replacement, for each the mean of
+    its per-seed gains redrawn with replacement, and correlates. Both sources of doubt enter:
+    which targets the study happened to include, and the seed noise of each gain. Replicates
+    whose correlation is undefined (constant values, fewer than 3 distinct targets) are dropped;
+    an interval needs at least half the replicates.
+
+    Hand-written: ``scipy.stats.bootstrap`` resamples one level (paired observations), not
+    targets and then seeds within them."""
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    n = len(values)
+    seeds = [np.asarray(g, dtype=float) for g in gain_per_seed]
+    reps: dict[str, list[float]] = {"spearman": [], "pearson": []}
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, n, size=n)
+        if len(set(idx.tolist())) < 3:
+            continue
+        g = np.array([rng.choice(seeds[i], size=len(seeds[i])).mean() for i in idx])
+        c = est.correlations(values[idx], g)
+        for k in reps:
+            if math.isfinite(c[k]):
+                reps[k].append(c[k])
+    tail = 100 * (1 - confidence) / 2
+    out: dict[str, list[float | None]] = {}
+    for k, r in reps.items():
+        ok = len(r) >= n_boot / 2
+        out[f"{k}_ci"] = (
+            [round(float(np.percentile(r, tail)), 6), round(float(np.percentile(r, 100 - tail)), 6)]
+            if ok
+            else [None, None]
+        )
     return out

@@ -44,7 +44,8 @@ from transferlab.routes.base import wise_mix
 from transferlab.stages.context import Runtime
 from transferlab.stages.fit import seed_shots
 from transferlab.stats import mean_ci, paired_gain
-from transferlab.study import Protocol, Variant, variants
+from transferlab.study import Protocol, Variant, target_arms, variants
+from transferlab.training import seed_all
 
 
 def classification_metrics(
@@ -88,13 +89,19 @@ def evaluate_target(
     arms: Sequence[Variant],
     target: str,
     data: Mapping[str, Any],
-    ood: Mapping[str, Any] | None,
+    ood: Mapping[str, Mapping[str, Any]],
     confusion: dict[str, Any],
     seeds: Sequence[int],
+    cache: dict[Any, Any] | None = None,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Per-seed rows of every variant (and WiSE-FT mix) on one labelled target: ``{variant:
     {seed: row}}``, the train metrics on that seed's few-shot draw. The confusion matrices of the
-    primary and scratch models (first seed) go into ``confusion``."""
+    primary and scratch models (first seed) go into ``confusion``.
+
+    A probe saved without its frozen backbone (a hub model, a random-init twin) gets it rebuilt
+    once per seed (``cache``, shared across targets), and its features are computed once per
+    backbone and split: every seed's head reads the same test features."""
+    cache = {} if cache is None else cache
     cfg = route.cfg
     k = len(data["classes"])
     ls = float(cfg.finetune.label_smoothing)
@@ -102,19 +109,44 @@ def evaluate_target(
     shots = int(cfg.data[route.name].shots_per_class)
     extra = route.extra_rows(target, data)
 
-    def logits(model: Any, split: Mapping[str, Any]) -> torch.Tensor:
+    def logits(model: Any, split: Mapping[str, Any], key: str) -> torch.Tensor:
         # fast: batched by length (text), equal to in-order batching up to float rounding
-        return route.predict(model, route.inputs(model.backbone, split), fast=True)
+        frozen = getattr(model, "frozen_checksum", None)
+        if frozen is None:
+            return route.predict(model, route.inputs(model.backbone, split), fast=True)
+        if (frozen, key) not in cache:
+            x = route.inputs(model.backbone, split)
+            cache[(frozen, key)] = route.predict(model.backbone, x, fast=True)
+        with torch.no_grad():
+            return model.head(cache[(frozen, key)])
 
-    def score(model: Any, name: str, splits: Mapping[str, Any]) -> dict[str, float]:
+    def rebuild(init: Any) -> Any:
+        def build(seed: int) -> Any:
+            if (init, seed) not in cache:
+                seed_all(seed)  # as the fit built it (stages.fit.run_probe)
+                cache[(init, seed)] = route.backbone(init)
+            return cache[(init, seed)]
+
+        return build
+
+    def score(model: Any, name: str, splits: Mapping[str, Any], seed: int) -> dict[str, float]:
         m = {
-            s: classification_metrics(logits(model, split), split["y"], k, bins, ls)
+            s: classification_metrics(
+                logits(model, split, f"{target}/{s}" + (f"/{seed}" if s == "train" else "")),
+                split["y"],
+                k,
+                bins,
+                ls,
+            )
             for s, split in splits.items()
         }
         row = {**metric_row(m), **extra.get(name, {})}
-        if ood is not None:
-            out = logits(model, ood["test"])
-            row["ood/acc"] = classification_metrics(out, ood["test"]["y"], k, bins, ls)["acc"]
+        for i, (partner, pdata) in enumerate(ood.items()):
+            out = logits(model, pdata["test"], f"{partner}/test")
+            acc = classification_metrics(out, pdata["test"]["y"], k, bins, ls)["acc"]
+            row[f"ood/{partner}/acc"] = acc
+            if i == 0:
+                row["ood/acc"] = acc
         return {key: round(v, 6) for key, v in row.items()}
 
     rows: dict[str, dict[int, dict[str, float]]] = {}
@@ -124,8 +156,8 @@ def evaluate_target(
         models: dict[str, Any] = {}
         for v in arms:
             path = route.dirs["finetune"] / v.name / target / f"seed{seed}.pt"
-            models[v.name], _ = load_classifier(path)
-            rows.setdefault(v.name, {})[seed] = score(models[v.name], v.name, splits)
+            models[v.name], _ = load_classifier(path, rebuild(v.init))
+            rows.setdefault(v.name, {})[seed] = score(models[v.name], v.name, splits, seed)
         # WiSE-FT (Wortsman et al. 2022) between the linear probe (pre-trained backbone,
         # logistic-regression head: alpha = 0) and the model fine-tuned end to end from it (LP-FT:
         # alpha = 1), seed by seed. A model fine-tuned from a random head shares no basin with the
@@ -135,10 +167,10 @@ def evaluate_target(
             for alpha in cfg.finetune.wise_alphas or []:
                 name = f"{primary}/wise_{float(alpha):g}"
                 mix = wise_mix(lp, ft, float(alpha))
-                rows.setdefault(name, {})[seed] = score(mix, name, splits)
+                rows.setdefault(name, {})[seed] = score(mix, name, splits, seed)
         if seed == seeds[0]:
             for name in (primary, "scratch"):
-                out = logits(models[name], data["test"])
+                out = logits(models[name], data["test"], f"{target}/test")
                 mat = multiclass_confusion_matrix(out, data["test"]["y"], num_classes=k)
                 confusion[f"{target}/{name}"] = (mat.tolist(), list(data["classes"]))
     return rows
@@ -160,7 +192,8 @@ def aggregate(per_seed: Mapping[int, Mapping[str, float]], confidence: float) ->
     values: dict[str, list[float]] = {}
     for m in metrics:
         vals = [float(per_seed[s][m]) for s in seeds]
-        c = mean_ci(vals, confidence, (0.0, 1.0) if m in UNIT_METRICS else None)
+        unit = m in UNIT_METRICS or m.startswith("ood/")  # ood/<partner>/acc too
+        c = mean_ci(vals, confidence, (0.0, 1.0) if unit else None)
         row[m] = _r(c["mean"])
         ci[m] = [_r(c["lo"]), _r(c["hi"])]
         values[m] = vals
@@ -244,7 +277,8 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     route = get_route(cfg)
     arms = variants(cfg, route)
     protocol = Protocol.from_cfg(cfg)
-    partners = route.manifest().get("ood_partner", {})
+    partners = route.ood_partners()
+    members = route.family_members()
     primary = route.primary()
     history = read_json(route.dirs["finetune"] / "history.json")
     report: dict[str, Any] = {
@@ -262,6 +296,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     gain_bars: dict[str, dict[str, tuple[float, float | None, float | None]]] = {}
     plot_rows: list[dict[str, Any]] = []
     confusion: dict[str, Any] = {}
+    cache: dict[Any, Any] = {}  # rebuilt frozen backbones and their features (evaluate_target)
     tags = {"route": route.name, "run_name": f"evaluate:{route.name}"}
     with rt.track("evaluate", tags, route.dirs["manifest"]) as tr:
         for target in route.targets():
@@ -269,13 +304,15 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             if not route.labelled(data):
                 entry, rows = route.unlabelled_entry(target, data)
             else:
-                partner = partners.get(target)
-                ood = route.target_data(partner) if partner else None
+                ood = {p: route.target_data(p) for p in partners.get(target, [])}
+                on = target_arms(cfg, arms, target in members)
+                # the confusion grid shows the named targets, not every step of a shift family
+                conf = confusion if target not in members else {}
                 per_seed = evaluate_target(
-                    route, arms, target, data, ood, confusion, protocol.seeds
+                    route, on, target, data, ood, conf, protocol.seeds, cache
                 )
                 info = arm_info(history, target)
-                entry = target_entry(route, arms, per_seed, info, protocol)
+                entry = target_entry(route, on, per_seed, info, protocol)
                 rows = {v: _numbers(entry[v if v != primary else "pretrained"]) for v in per_seed}
             report["targets"][target] = entry
             tr.log_metrics(

@@ -39,6 +39,7 @@ from transferlab.study import (
     final_fits,
     fit_for,
     grid_fits,
+    target_arms,
     variants,
 )
 from transferlab.training import configure_torch
@@ -81,7 +82,9 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     datasets = {t: route.target_data(t) for t in route.targets()}
     arms = variants(cfg, route)
     labelled = [t for t, d in datasets.items() if route.labelled(d)]
-    n_fits = len(labelled) * len(arms)  # at least: the pool never starts more workers than fits
+    members = route.family_members()
+    on = {t: target_arms(cfg, arms, t in members) for t in labelled}
+    n_fits = sum(len(a) for a in on.values())  # at least: the pool starts no more workers
     summary: dict[str, Any] = {"route": route.name, "protocol": asdict(protocol), "targets": {}}
     progress = bool(cfg.trainer.enable_progress_bar)
     tags = {"route": route.name, "run_name": f"finetune:{route.name}"}
@@ -98,7 +101,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             base = {
                 (t, v.name): fit_for(cfg, t, v, adapted=adapted.get((t, v.name)))
                 for t in labelled
-                for v in arms
+                for v in on[t]
             }
             total = sum(
                 len(grid_fits(f, protocol)) + (0 if is_probe(f) else len(protocol.held))

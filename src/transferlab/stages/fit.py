@@ -228,6 +228,16 @@ def probe_head(
     return probe
 
 
+def rebuildable(fit: Fit, backbone: torch.nn.Module) -> bool:
+    """Whether a probe's frozen backbone is rebuilt exactly by ``seed_all(fit.seed)`` and
+    :meth:`Route.backbone` (a hub model's own weights or a seeded random init), so its checkpoint
+    can leave the weights out: nothing re-estimated on the fit's data (no BatchNorm) and no
+    pre-trained file behind it."""
+    if fit.adapted is not None or fit.variant.init.kind not in ("hub", "scratch", "raw"):
+        return False
+    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+
+
 def run_probe(
     fit: Fit, route: Route, data: Mapping[str, Any]
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
@@ -241,6 +251,8 @@ def run_probe(
     probe = probe_head(model, route, x, data, hp)
     for p in backbone.parameters():
         p.requires_grad_(False)
+    if rebuildable(fit, backbone):  # saved as head + seed (models.checkpoint.classifier_state)
+        model.frozen_seed = fit.seed  # type: ignore[assignment]
     row = {
         "epoch": 0,
         "step": 0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -80,9 +81,22 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             row["n_target"] = tgt.n
             row["gain"] = entry.get("gain")
             row["gain_ci"] = entry.get("gain_ci")  # paired t interval over seeds (evaluate)
+            row["gain_per_seed"] = _gain_per_seed(entry)
             rows[target] = row
         labelled = [t for t in rows if rows[t]["gain"] is not None]
-        corr = measures.correlation_table(rows, list(route.shift_measures))  # gain null: left out
+        conf = float(cfg.study.confidence)
+        # gain null: left out; intervals: bootstrap over targets and seeds
+        corr = measures.correlation_table(
+            rows,
+            list(route.shift_measures),
+            n_boot=int(scfg.n_corr_boot),
+            seed=seed,
+            confidence=conf,
+        )
+        families = {
+            name: {**fam, **_along(fam, rows, n_boot=int(scfg.n_corr_boot), seed=seed, conf=conf)}
+            for name, fam in route.families().items()
+        }
         report = {
             "route": route.name,
             "source": str(cfg.data[route.name].source),
@@ -92,6 +106,11 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             "targets": rows,
             "correlated_targets": labelled,
             "correlations": corr,
+            "correlation_interval": (
+                f"{conf:.0%} percentile bootstrap over targets and, within each, seeds "
+                f"({int(scfg.n_corr_boot)} replicates)"
+            ),
+            "families": families,
             "spearman_kl_gain": corr["kl_input"]["spearman"],
             "spearman_kl_feature_gain": corr["kl_feature"]["spearman"],
             **route.extra_report(rows),
@@ -114,9 +133,11 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             route.kl_label,
             f"{route.name}: shift vs transfer gain\n"
             + ("horizontal: 95% bootstrap CI of the shift; " if n_boot > 0 else "")
-            + "vertical: t interval of the paired gain over seeds",
+            + "vertical: t interval of the paired gain over seeds"
+            + ("; line: the graded shift family" if families else ""),
             kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in labelled] if n_boot > 0 else None,
             gain_err=[rows[t].get("gain_ci") for t in labelled],
+            families=families,
         )
         measures_vs_gain(
             {t: rows[t] for t in labelled},
@@ -136,3 +157,33 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
         for name in ("shift.json", "plots/kl_vs_gain.png", "plots/shift_vs_gain.png"):
             tr.log_artifact(out / name, "reports")
     return report
+
+
+def _gain_per_seed(entry: Mapping[str, Any]) -> list[float] | None:
+    """The primary's paired gains over scratch, seed by seed (None: an unlabelled target)."""
+    if entry.get("gain") is None:
+        return None
+    pre, scr = entry["pretrained"]["per_seed"]["test/acc"], entry["scratch"]["per_seed"]["test/acc"]
+    return [round(float(a) - float(b), 6) for a, b in zip(pre, scr, strict=True)]
+
+
+def _along(
+    fam: Mapping[str, Any],
+    rows: Mapping[str, Mapping[str, Any]],
+    n_boot: int,
+    seed: int,
+    conf: float,
+) -> dict[str, Any]:
+    """How the gain moves along a graded family: per member its severity and gain, and the
+    Spearman correlation of severity with gain (bootstrap interval over members and seeds)."""
+    names = [t for t in fam["targets"] if t in rows and rows[t].get("gain") is not None]
+    sev = dict(zip(fam["targets"], fam["severities"], strict=True))
+    table = {
+        "severity": {t: {"severity": sev[t], **rows[t]} for t in names},
+    }
+    corr = measures.correlation_table(table["severity"], ["severity"], n_boot, seed, conf)
+    return {
+        "gains": {t: rows[t]["gain"] for t in names},
+        "gain_intervals": {t: rows[t].get("gain_ci") for t in names},
+        "severity_gain": corr["severity"],
+    }

@@ -29,4 +29,5 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     with rt.track("summary", tags) as tr:
         text = write_summary(reports, routes)
         tr.log_artifact(reports / "summary.md", "reports")
+        tr.log_artifact(reports / "findings.json", "reports")  # the Findings, sentence by sentence
     return {"routes": routes, "chars": len(text)}
