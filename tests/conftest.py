@@ -24,6 +24,12 @@ TINY_IMAGE = {
     "val_per_class": 4,
     "test_per_class": 8,
     "texture_patch": 28,
+    "corruptions": {
+        "base": "fmnist",
+        "kinds": ["gaussian_noise", "contrast"],
+        "severities": [1, 5],
+    },
+    "ood_partners": {"fmnist": ["fmnist_gaussian_noise5", "fmnist_inverted"]},
 }
 
 

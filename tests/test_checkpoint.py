@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from transferlab.errors import CheckpointError
-from transferlab.models.checkpoint import load_backbone, save_backbone
-from transferlab.models.cnn import ConvNet
+from transferlab.models.checkpoint import (
+    build_backbone,
+    classifier_state,
+    load_backbone,
+    load_classifier,
+    save_backbone,
+    save_classifier,
+)
+from transferlab.models.cnn import Classifier, ConvNet
 
 ARCH = {
     "_target_": "transferlab.models.cnn.ConvNet",
@@ -75,3 +82,35 @@ def test_target_outside_the_package_is_refused(tmp_path: Path) -> None:
     save_backbone(tmp_path / "b.pt", net, {**ARCH, "_target_": "os.system"}, {})
     with pytest.raises(CheckpointError, match="not allowed"):
         load_backbone(tmp_path / "b.pt")
+
+
+TEXT_ARCH = {
+    "_target_": "transferlab.models.text_encoder.TextEncoder",
+    "vocab_size": 50,
+    "max_len": 8,
+    "d_model": 16,
+    "n_layers": 1,
+    "n_heads": 2,
+}
+
+
+def _seeded(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_backbone(TEXT_ARCH)
+
+
+def test_a_probe_of_a_rebuildable_backbone_is_saved_as_head_and_seed(tmp_path: Path) -> None:
+    model = Classifier(_seeded(3), 4)
+    model.frozen_seed = 3  # what stages.fit.run_probe sets for a hub or random-init probe
+    save_classifier(tmp_path / "p.pt", classifier_state(model), TEXT_ARCH, 4, {})
+    full = tmp_path / "full.pt"
+    save_classifier(full, Classifier(_seeded(3), 4).state_dict(), TEXT_ARCH, 4, {})
+    assert (tmp_path / "p.pt").stat().st_size < full.stat().st_size / 5
+    loaded, _ = load_classifier(tmp_path / "p.pt", rebuild=_seeded)
+    x = torch.randint(1, 50, (5, 8))
+    model.eval(), loaded.eval()
+    assert torch.equal(model(x), loaded(x))
+    with pytest.raises(CheckpointError, match="holds a probe without its frozen backbone"):
+        load_classifier(tmp_path / "p.pt")
+    with pytest.raises(CheckpointError, match="the rebuilt backbone differs"):
+        load_classifier(tmp_path / "p.pt", rebuild=lambda s: _seeded(s + 1))

@@ -70,7 +70,43 @@ def test_inverted_target_is_the_same_images_inverted(built: tuple[Path, dict]) -
     assert torch.equal(255 - a["test"]["x"], b["test"]["x"]) and torch.equal(
         a["test"]["y"], b["test"]["y"]
     )
-    assert manifest["ood_partner"] == {"fmnist": "fmnist_inverted"}
+    assert manifest["ood_partners"] == {"fmnist": ["fmnist_gaussian_noise5", "fmnist_inverted"]}
+
+
+def test_shift_family_is_the_base_images_corrupted_with_labels_kept(
+    built: tuple[Path, dict],
+) -> None:
+    out, manifest = built
+    assert manifest["families"]["fmnist_gaussian_noise"] == {
+        "kind": "gaussian_noise",
+        "targets": ["fmnist", "fmnist_gaussian_noise1", "fmnist_gaussian_noise5"],
+        "severities": [0, 1, 5],
+    }
+    assert manifest["families"]["fmnist_contrast"]["targets"][1:] == [
+        "fmnist_contrast1",
+        "fmnist_contrast5",
+    ]
+    clean = torch.load(out / "targets" / "fmnist.pt", weights_only=True)
+    drift = []
+    for sev in (1, 5):
+        d = torch.load(out / "targets" / f"fmnist_gaussian_noise{sev}.pt", weights_only=True)
+        for s in ("train", "val", "test"):
+            assert torch.equal(d[s]["y"], clean[s]["y"])  # same examples, same labels
+        drift.append((d["test"]["x"].float() - clean["test"]["x"].float()).abs().mean())
+    assert 0 < drift[0] < drift[1]  # the shift grows with severity
+    low = torch.load(out / "targets" / "fmnist_contrast5.pt", weights_only=True)["test"]["x"]
+
+    def spread(x: torch.Tensor) -> float:  # mean within-image standard deviation
+        return float(x.float().flatten(1).std(dim=1).mean())
+
+    assert spread(low) < 0.1 * spread(clean["test"]["x"])  # contrast factor 0.05
+
+
+def test_ood_partner_outside_the_study_is_refused(tmp_path: Path) -> None:
+    bad = {**TINY_IMAGE, "ood_partners": {"fmnist": ["fmnist_blur9"]}}
+    with pytest.raises(ConfigError, match=r"ood_partners\.fmnist: 'fmnist_blur9' is not a target"):
+        build_image_data(bad, tmp_path, seed=0, progress=False)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_texture_splits_come_from_disjoint_image_regions() -> None:

@@ -93,6 +93,11 @@ def test_notebook_executes_against_the_tiny_pipeline(
         if "image/png" in o.get("data", {})
     ]
     assert len(images) == 4  # objectives × targets, freezing depth, KL vs gain, sweep history
+    # the Findings cell prints the summary's generated sentences, as reports/findings.json holds them
+    found = json.loads((tiny_pipeline / "reports/findings.json").read_text())
+    cell = next(c for c in nb.cells if c.get("id") == "findings-code")
+    printed = "".join(o.get("text", "") for o in cell.outputs)
+    assert found and all(f["text"] in printed for f in found)
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     probe = json.loads(text.split("PROBE", 1)[1])
 

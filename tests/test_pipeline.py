@@ -18,11 +18,13 @@ METRIC_KEYS = {
     "gen_gap",
 }
 TARGETS = ["fmnist", "fmnist_inverted", "digits", "lfw", "textures"]
+#: The graded shift family of debug/tiny (data.image.corruptions.severities: [2, 5]).
+FAMILY = ["fmnist_gaussian_noise2", "fmnist_gaussian_noise5"]
 
 
 def test_evaluate_report_follows_the_contract(tiny_pipeline: Path) -> None:
     report = json.loads((tiny_pipeline / "reports/image/evaluate.json").read_text())
-    assert list(report["targets"]) == TARGETS
+    assert list(report["targets"]) == TARGETS + FAMILY
     for target, entry in report["targets"].items():
         for variant in ("pretrained", "scratch"):
             assert set(entry[variant]) >= METRIC_KEYS, (target, variant)
@@ -33,7 +35,14 @@ def test_evaluate_report_follows_the_contract(tiny_pipeline: Path) -> None:
             abs(entry["gain"] - (entry["pretrained"]["test/acc"] - entry["scratch"]["test/acc"]))
             < 1e-5
         )
-    assert "ood/acc" in report["targets"]["fmnist"]["pretrained"]
+    fm = report["targets"]["fmnist"]["pretrained"]  # data.image.ood_partners of debug/tiny
+    assert fm["ood/acc"] == fm["ood/fmnist_gaussian_noise2/acc"]
+    assert 0.0 <= fm["ood/fmnist_inverted/acc"] <= 1.0
+    for target in FAMILY:  # the family fits the primary and its control only
+        arms = {
+            v for v, r in report["targets"][target].items() if isinstance(r, dict) and "ci" in r
+        }
+        assert arms == {"pretrained", "scratch", "mae"}, target
 
 
 def test_every_arm_is_seed_averaged_with_intervals_and_its_selected_rate(
@@ -44,6 +53,8 @@ def test_every_arm_is_seed_averaged_with_intervals_and_its_selected_rate(
     grid = report["protocol"]["lr_grid"]
     for target, entry in report["targets"].items():
         assert entry["seeds"] == [0, 1]
+        if target in FAMILY:
+            continue
         for variant in ("mae", "scratch", "mae/lp_ft", "mae/linear_probe", "floor/random_init"):
             row = entry[variant]
             acc = row["per_seed"]["test/acc"]
@@ -114,7 +125,12 @@ def test_failed_fits_are_flagged_in_the_report_mlflow_and_summary(tiny_pipeline:
 
 def test_shift_report_and_plots(tiny_pipeline: Path) -> None:
     shift = json.loads((tiny_pipeline / "reports/image/shift.json").read_text())
-    assert set(shift["targets"]) == set(TARGETS)
+    assert set(shift["targets"]) == set(TARGETS + FAMILY)
+    fam = shift["families"]["fmnist_gaussian_noise"]
+    assert fam["targets"] == ["fmnist", *FAMILY] and fam["severities"] == [0, 2, 5]
+    for m, c in shift["correlations"].items():  # every correlation has its interval
+        lo, hi = c["spearman_ci"]
+        assert lo is not None and lo <= c["spearman"] <= hi, m
     kl = {t: r["kl_input"] for t, r in shift["targets"].items()}
     assert all(v > 0 for v in kl.values())
     # Inverting Fashion-MNIST moves far more pixel mass than re-sampling it: the ordering the
@@ -192,6 +208,8 @@ def test_finetune_knob_invalidates_only_downstream_stages(tiny_pipeline: Path) -
 def test_rows_per_objective_and_strategy_and_wise_endpoints(tiny_pipeline: Path) -> None:
     report = json.loads((tiny_pipeline / "reports/image/evaluate.json").read_text())
     for target, entry in report["targets"].items():
+        if target in FAMILY:
+            continue
         for variant in ("mae", "supervised", "mae/linear_probe", "mae/lp_ft"):
             assert "test/acc" in entry[variant], (target, variant)
         # WiSE-FT: alpha = 0 is the linear probe (pre-trained backbone), alpha = 1 the model

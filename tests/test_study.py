@@ -27,6 +27,7 @@ from transferlab.study import (
     fit_for,
     grid_fits,
     merge_knobs,
+    target_arms,
     variants,
 )
 
@@ -104,6 +105,29 @@ def test_text_variants_have_one_control_per_architecture(cfg) -> None:
     assert arm["clm_dapt"].init == Init("adapted", "decoder", "clm")
     assert arm["scratch_decoder"].init == Init("scratch", "decoder")
     assert arm["mlm/lp_ft"].control == "scratch"
+
+
+def test_a_hub_model_is_probed_next_to_its_random_twin_and_fine_tuned_on_request(cfg) -> None:
+    text = compose(["route=text", "model/text=minilm"])
+    arm = by_name(variants(text, get_route(text)))
+    assert arm["minilm/linear_probe"].init == Init("hub", "minilm")
+    assert arm["minilm/linear_probe"].control == "floor/random_init_minilm"
+    assert arm["floor/random_init_minilm"].init == Init("scratch", "minilm")
+    assert "minilm" not in arm and "scratch_minilm" not in arm  # not in finetune.fine_tuned
+    tuned = compose(["route=text", "model/text=minilm", "finetune.fine_tuned=[mlm,minilm]"])
+    arm = by_name(variants(tuned, get_route(tuned)))
+    assert arm["minilm"].init == Init("hub", "minilm") and arm["minilm"].control == "scratch_minilm"
+
+
+def test_shift_family_targets_fit_the_primary_and_its_control_only(cfg) -> None:
+    arms = variants(cfg, get_route(cfg, "image"))
+    assert [v.name for v in target_arms(cfg, arms, member=True)] == ["mae", "scratch"]
+    assert target_arms(cfg, arms, member=False) == arms
+    more = OmegaConf.merge(cfg, {"finetune": {"family_arms": ["mae", "scratch", "mae/lp_ft"]}})
+    assert [v.name for v in target_arms(more, arms, member=True)] == ["mae", "mae/lp_ft", "scratch"]
+    bad = OmegaConf.merge(cfg, {"finetune": {"family_arms": ["mae"]}})
+    with pytest.raises(ConfigError, match=r"family_arms=\['mae'\] leaves out 'scratch'"):
+        target_arms(bad, arms, member=True)
 
 
 def test_continued_pretraining_skips_objectives_that_read_labels(cfg) -> None:

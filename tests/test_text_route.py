@@ -435,7 +435,14 @@ def test_text_shift_has_every_measure_with_block_bootstrap_intervals(tiny_pipeli
     assert shift["correlated_targets"] == LABELLED
     assert set(shift["correlations"]) == set(text.TextRoute.shift_measures)
     labelled = {t: shift["targets"][t] for t in LABELLED}
-    assert shift["correlations"] == correlation_table(labelled, list(text.TextRoute.shift_measures))
+    params = OmegaConf.load(tiny_pipeline / "params.yaml")
+    assert shift["correlations"] == correlation_table(
+        labelled,
+        list(text.TextRoute.shift_measures),
+        n_boot=int(params.shift.text.n_corr_boot),
+        seed=int(params.seed),
+        confidence=float(params.study.confidence),
+    )
     assert shift["spearman_kl_gain"] == shift["correlations"]["kl_input"]["spearman"]
     plots = tiny_pipeline / "reports/text/plots"
     for png in ("kl_vs_gain.png", "shift_vs_gain.png"):

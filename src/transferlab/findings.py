@@ -134,7 +134,8 @@ def objective_findings(
         best = probes[cmp["best"]]
         floors = []
         nums: dict[str, Any] = {"comparison": cmp}
-        for f in ("floor/random_init", "floor/raw_input"):
+        own = (e.get("controls") or {}).get(cmp["best"], "floor/random_init")
+        for f in (own, "floor/raw_input"):
             if f in rows:
                 d = _diff(_seeds(best), _seeds(rows[f]), conf)
                 nums[f] = d
@@ -315,12 +316,14 @@ def pretraining_findings(route: str, ev: Mapping[str, Any], families: set[str]) 
         verdict = (
             ("helps" if g["mean"] > 0 else "hurts") if e.get("gain_resolved") else NOT_RESOLVED
         )
-        probes = [
-            f"`{v}` vs its random-init floor {_gain_text(e['gain_intervals'][v] | {'mean': x})}"
-            + ("" if e["gain_intervals"][v]["resolved"] else " (not resolved)")
-            for v, x in e.get("gains", {}).items()
-            if v.endswith("/linear_probe") and x is not None
-        ]
+        probes = []
+        for v, x in e.get("gains", {}).items():
+            if not v.endswith("/linear_probe") or x is None:
+                continue
+            iv = e["gain_intervals"][v]
+            floor = (e.get("controls") or {}).get(v, "its random-init floor")
+            verdict = ("above" if x > 0 else "below") if iv["resolved"] else NOT_RESOLVED
+            probes.append(f"`{v}` vs `{floor}` {_gain_text(iv | {'mean': x})}: {verdict}")
         text = (
             f"Pre-training on **{t}**: fine-tuned `{primary}` vs scratch "
             f"{_gain_text(g)}: {verdict}."

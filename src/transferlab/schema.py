@@ -190,12 +190,6 @@ class CorruptionsConf:
         le=5,
         item="severity",
     )
-    arms: list[str] | None = knob(
-        None,
-        "the study arms fitted on the family's targets (names as in the reports); null: the "
-        "primary objective and its scratch control, which is what the shift-vs-gain analysis "
-        "reads",
-    )
 
 
 @dataclass
@@ -805,6 +799,12 @@ class FinetuneConf:
         "route); null: every objective of pretrain.<route>.objectives. The others (default: "
         "contrastive, gan, clm) are compared by their linear probe, to keep the default run "
         "within 10 minutes",
+    )
+    family_arms: list[str] | None = knob(
+        None,
+        "the arms fitted on the members of a graded shift family (data.<route>.corruptions; "
+        "names as in the reports); null: the primary objective and its scratch control, which "
+        "is what the shift-vs-gain analysis reads",
     )
     probe_objectives: bool = knob(
         True,

@@ -239,17 +239,17 @@ def _arch_of(control: str, primary_arch: str) -> str:
 
 def target_arms(cfg: DictConfig, arms: Sequence[Variant], member: bool) -> list[Variant]:
     """The arms fitted on one target: all of ``arms``, or on a member of a graded shift family
-    (``member``) those of ``data.<route>.corruptions.arms`` (null: the primary objective and its
-    scratch control, what the shift-vs-gain analysis reads)."""
+    (``member``) those of ``finetune.family_arms`` (null: the primary objective and its scratch
+    control, what the shift-vs-gain analysis reads)."""
     if not member:
         return list(arms)
-    names = OmegaConf.select(cfg, f"data.{cfg.route}.corruptions.arms", default=None)
+    names = cfg.finetune.get("family_arms")
     named = by_name(arms)
     primary = named[str(OmegaConf.select(cfg, f"pretrain.{cfg.route}.primary"))]
     needed = [primary.name, str(primary.control)]
     if names is None:
         names = needed
-    key = f"data.{cfg.route}.corruptions.arms"
+    key = "finetune.family_arms"
     for n in [str(n) for n in names]:
         if n not in named:
             raise ConfigError(f"{key}: unknown arm '{n}'; allowed: {', '.join(named)}")

@@ -254,6 +254,9 @@ def target_entry(
         intervals[v] = {"lo": _r(g["lo"]), "hi": _r(g["hi"]), "resolved": g["resolved"]}
     entry["gains"] = gains
     entry["gain_intervals"] = intervals
+    entry["controls"] = {  # what each gain is measured against
+        v: str(controls.get(v, controls[primary])) for v in gains
+    }
     entry["failed"] = {v: r["failed_seeds"] for v, r in rows.items() if r["failed_seeds"]}
     entry["underfit"] = {v: r["underfit_seeds"] for v, r in rows.items() if r["underfit_seeds"]}
     return entry
