@@ -161,17 +161,49 @@ def kl_vs_gain(
     path: Path,
     xlabel: str,
     title: str,
-    kl_err: Sequence[tuple[float, float]] | None = None,
+    kl_err: Sequence[Sequence[float | None] | None] | None = None,
     gain_err: Sequence[Sequence[float | None] | None] | None = None,
     families: Mapping[str, Mapping[str, Any]] | None = None,
+    feature: tuple[str, Sequence[float | None], Sequence[Any] | None] | None = None,
 ) -> None:
     """Scatter of a shift measure against transfer gain, one labelled point per target; the
     measure's bootstrap interval as a horizontal bar, the gain's interval over seeds as a
     vertical one. Each graded shift family (``{name: {"targets": [...], "severities": [...]}}``,
-    clean base first) is a connected line through its members, labelled by severity. The x axis
-    is logarithmic when the measure spans more than two decades."""
+    clean base first) is a connected line through its members, labelled by severity. ``feature``
+    (label, values, intervals) adds a second panel for a feature-space measure on the same gains
+    (a family that one measure does not spread out, another may). An x axis is logarithmic when
+    its measure spans more than two decades."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    panels = [(xlabel, list(kl), kl_err)]
+    if feature is not None:
+        panels.append((feature[0], list(feature[1]), feature[2]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+    for ax, (label, xs, xerr) in zip(axes[0], panels, strict=True):
+        keep = [i for i, x in enumerate(xs) if x is not None]
+        _shift_panel(
+            ax,
+            [names[i] for i in keep],
+            [float(xs[i]) for i in keep],  # type: ignore[arg-type]
+            [gain[i] for i in keep],
+            [xerr[i] for i in keep] if xerr is not None else None,
+            [(gain_err or [None] * len(xs))[i] for i in keep],
+            families,
+        )
+        ax.set_xlabel(label)
+    axes[0][0].set_ylabel("paired gain = acc(pretrained) − acc(scratch)")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def _shift_panel(
+    ax: Any,
+    names: Sequence[str],
+    kl: Sequence[float],
+    gain: Sequence[float],
+    kl_err: Sequence[Any] | None,
+    gain_err: Sequence[Any],
+    families: Mapping[str, Mapping[str, Any]] | None,
+) -> None:
     ax.scatter(kl, gain, zorder=3)
     at = dict(zip(names, zip(kl, gain, strict=True), strict=True))
     short: dict[str, str] = {}
@@ -188,21 +220,17 @@ def kl_vs_gain(
         ax.legend(fontsize=7, loc="best")
     if kl_err is not None:
         _intervals(ax, kl_err, gain)
-    for x, ci in zip(kl, gain_err or [None] * len(kl), strict=True):
+    for x, ci in zip(kl, gain_err, strict=True):
         if ci is not None and ci[0] is not None and ci[1] is not None:
             ax.plot([x, x], [ci[0], ci[1]], color="C1", lw=1.2, alpha=0.7)
             ax.plot([x, x], [ci[0], ci[1]], "_", color="C1", ms=8, alpha=0.7)
     for n, x, y in zip(names, kl, gain, strict=True):
         ax.annotate(short.get(n, n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    positive = [x for x in kl if x is not None and x > 0]
+    positive = [x for x in kl if x > 0]
     if positive and max(positive) / min(positive) > 100:
         ax.set_xscale("log")
     ax.margins(x=0.15)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("paired gain = acc(pretrained) − acc(scratch)")
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)
 
 
 def measures_vs_gain(

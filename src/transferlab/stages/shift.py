@@ -138,6 +138,13 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             kl_err=[tuple(rows[t]["ci"]["kl_input"]) for t in labelled] if n_boot > 0 else None,
             gain_err=[rows[t].get("gain_ci") for t in labelled],
             families=families,
+            feature=(
+                f"D_KL, Gaussian fit of the '{primary}' backbone's features [nats]",
+                [rows[t].get("kl_feature") for t in labelled],
+                [(rows[t].get("ci") or {}).get("kl_feature") for t in labelled]
+                if n_boot > 0
+                else None,
+            ),
         )
         measures_vs_gain(
             {t: rows[t] for t in labelled},
