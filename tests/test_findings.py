@@ -137,3 +137,15 @@ def test_remedy_and_shift_family_sentences_follow_the_numbers() -> None:
     assert remedy.text.startswith("`mae/lp_ft` vs full fine-tuning of `mae`: helps on fmnist")
     family = next(f for f in found if f.question == "gain along the shift axis")
     assert not family.resolved and "with severity: not resolved at this budget" in family.text
+
+
+def test_the_primarys_verdict_is_its_own_not_its_probes() -> None:
+    rep = _report([0.70, 0.71, 0.72], [0.6, 0.6, 0.6])
+    e = rep["image"]["evaluate"]["targets"]["fmnist"]
+    e.update(gain=-0.02, gain_ci=[-0.13, 0.08], gain_resolved=False)  # primary: unresolved
+    e["gains"] = {"mae/linear_probe": 0.2}  # its probe: resolved, above its floor
+    e["gain_intervals"] = {"mae/linear_probe": {"lo": 0.1, "hi": 0.3, "resolved": True}}
+    e["controls"] = {"mae/linear_probe": "floor/random_init"}
+    (f,) = [f for f in findings.build(rep) if f.question == "does pre-training help"]
+    assert "vs scratch -0.020 [-0.130, +0.080]: not resolved at this budget." in f.text
+    assert "`mae/linear_probe` vs `floor/random_init` +0.200 [+0.100, +0.300]: above" in f.text

@@ -322,8 +322,8 @@ def pretraining_findings(route: str, ev: Mapping[str, Any], families: set[str]) 
                 continue
             iv = e["gain_intervals"][v]
             floor = (e.get("controls") or {}).get(v, "its random-init floor")
-            verdict = ("above" if x > 0 else "below") if iv["resolved"] else NOT_RESOLVED
-            probes.append(f"`{v}` vs `{floor}` {_gain_text(iv | {'mean': x})}: {verdict}")
+            side = ("above" if x > 0 else "below") if iv["resolved"] else NOT_RESOLVED
+            probes.append(f"`{v}` vs `{floor}` {_gain_text(iv | {'mean': x})}: {side}")
         text = (
             f"Pre-training on **{t}**: fine-tuned `{primary}` vs scratch "
             f"{_gain_text(g)}: {verdict}."
