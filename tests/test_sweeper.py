@@ -29,6 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -90,6 +92,74 @@ def test_override_grammar_maps_to_optuna_distributions(override: str, expected) 
     space = parse_search_space({}, [override])
     assert space.fixed == [] and len(space.params) == 1
     assert space.params[0].distribution == expected
+
+
+def plugin_distribution(text: str):
+    """What hydra-optuna-sweeper 1.2 builds for one sweep override (its documented mapping, in
+    Optuna 5's distribution classes): a choice or a shuffled range → categorical of the values;
+    a range → int (all-int bounds) or stepped float, stop *included*; an interval → int when both
+    bounds are ints (Hydra's int() cast), log with tag(log)."""
+    ov = OverridesParser.create().parse_override(text)
+    v = ov.value()
+    if ov.is_choice_sweep() or (ov.is_range_sweep() and v.shuffle):
+        return CategoricalDistribution([Override._convert_value(x) for x in ov.sweep_iterator()])
+    if ov.is_range_sweep():
+        if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
+            return IntDistribution(v.start, v.stop, step=v.step)
+        return FloatDistribution(v.start, v.stop, step=v.step)
+    log = "log" in v.tags
+    if isinstance(v.start, int) and isinstance(v.end, int):
+        return IntDistribution(v.start, v.end, log=log)
+    return FloatDistribution(v.start, v.end, log=log)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "k=int(interval(0, 4))",
+        "k=tag(log, int(interval(1, 64)))",
+        "k=int(tag(log, interval(1, 64)))",
+        "k=float(interval(0, 4))",
+        "k=interval(0, 1)",
+        "k=tag(log, interval(1e-5, 1e-1))",
+        "k=str(choice(1, 2))",
+        "k=bool(choice(0, 1))",
+        "k=int(choice(1.0, 2.0))",
+        "k=float(choice(1, 2))",
+        "k=shuffle(a, b, c)",
+        "k=shuffle(choice(1, 2, 3))",
+        "k=shuffle(range(1, 4))",
+        "k='x','y y'",
+        "model/text=minilm,transformer",
+    ],
+)
+def test_every_form_of_hydras_optuna_grammar_builds_the_plugins_distribution(override: str) -> None:
+    (param,) = parse_search_space({}, [override]).params
+    theirs = plugin_distribution(override)
+    if "shuffle" in override:  # the plugin keeps Hydra's shuffled order; the values are the same
+        assert isinstance(param.distribution, CategoricalDistribution)
+        assert sorted(param.distribution.choices) == sorted(theirs.choices)
+    else:
+        assert param.distribution == theirs
+
+
+@pytest.mark.parametrize(
+    ("override", "last"),
+    [("k=range(0, 5)", 4), ("k=float(range(1, 5))", 4.0), ("k=range(2, 11, 3)", 8)],
+)
+def test_range_excludes_its_stop_where_the_plugin_includes_it(override: str, last) -> None:
+    """The one deliberate difference (docs/sweeps.md): range() means what Hydra's basic sweeper
+    and Python mean, its stop left out."""
+    (param,) = parse_search_space({}, [override]).params
+    theirs = plugin_distribution(override)
+    assert param.distribution.high == last and theirs.high == last + theirs.step
+    assert param.distribution.low == theirs.low and param.distribution.step == theirs.step
+
+
+def test_deletions_and_quoted_strings_pass_to_every_trial_unchanged() -> None:
+    space = parse_search_space({}, ["~finetune.layerwise_decay", "~a.b=3", "k='x, y'", "j=1,2"])
+    assert space.fixed == ["~finetune.layerwise_decay", "~a.b=3", "k='x, y'"]
+    assert [p.name for p in space.params] == ["j"]
 
 
 def test_search_space_merges_config_and_command_line() -> None:
@@ -381,6 +451,38 @@ def swept(project: Path) -> SimpleNamespace:
 
 def _lr(t) -> float:
     return float(t.params["finetune.lr"])
+
+
+def test_a_multirun_without_a_search_config_gets_the_optuna_sweeper() -> None:
+    from transferlab.sweep import with_default_sweeper
+
+    assert with_default_sweeper(["-m", "finetune.lr=interval(0,1)"]) == [
+        "-m",
+        "finetune.lr=interval(0,1)",
+        "hparams_search=default",
+    ]
+    for given in (["-m", "hparams_search=lr_freeze_wd"], ["-m", "hydra/sweeper=basic"], ["a=1"]):
+        assert with_default_sweeper(given) == given
+
+
+def test_an_int_cast_interval_sweep_runs_on_the_default_sweeper(project: Path) -> None:
+    # Hydra's documented integer form, and no hparams_search=: the sweep must not dead-end.
+    run(
+        [
+            *SWEEP,
+            "+debug=tiny",
+            "trainer.num_threads=1",
+            "finetune.max_steps.image=3",
+            "finetune.freeze_depth=int(interval(0, 4))",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=intcast",
+        ],
+        project,
+        timeout=600,
+    )
+    trials = _load(project, "intcast").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(isinstance(t.params["finetune.freeze_depth"], int) for t in trials)
 
 
 def test_killed_sweep_resumes_to_exactly_n_trials(swept: SimpleNamespace) -> None:

@@ -3,6 +3,7 @@
     python -m transferlab.sweep -m hparams_search=lr_freeze_wd          # an Optuna study
     python -m transferlab.sweep -m hparams_search=lr_freeze_wd +debug=tiny hydra.sweeper.n_trials=8
     python -m transferlab.sweep finetune.lr=0.003                       # one trial, no Optuna
+    python -m transferlab.sweep -m 'finetune.lr=tag(log, interval(1e-4, 1e-1))'  # hparams_search=default
 
 A trial composes ``conf/`` (with the trial's overrides), validates it, fine-tunes ``sweep.target``
 from the primary objective's pre-trained backbone (``models/<route>/pretrain/<objective>/``, made
@@ -19,6 +20,7 @@ PRUNED), and the fit's curves go to the trial's MLflow child run.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,9 +233,30 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def with_default_sweeper(argv: list[str]) -> list[str]:
+    """``argv`` with ``hparams_search=default`` added to a multirun that names neither a search
+    config nor a sweeper: without it Hydra's basic sweeper takes the Optuna knobs and stops with
+    ``Key 'n_trials' not in 'BasicSweeperConf'``."""
+    if not any(a in MULTIRUN_FLAGS for a in argv):
+        return argv
+    named = ("hparams_search=", "+hparams_search=", "hydra/sweeper=")
+    if any(a.startswith(named) for a in argv):
+        return argv
+    return [*argv, "hparams_search=default"]
+
+
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | list[float]:
+def _main(cfg: DictConfig) -> float | list[float]:
     return run_trial(cfg)
+
+
+def main() -> Any:
+    """The entry point (``python -m transferlab.sweep``, ``transferlab-sweep``)."""
+    sys.argv = [sys.argv[0], *with_default_sweeper(sys.argv[1:])]
+    return _main()
 
 
 if __name__ == "__main__":

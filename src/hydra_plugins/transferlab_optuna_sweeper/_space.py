@@ -12,6 +12,14 @@ override                                        Optuna distribution
 ``k=interval(0,1)``                             ``FloatDistribution(0.0, 1.0)``
 ``k=tag(log, interval(1e-5,1e-1))``             ``FloatDistribution(1e-5, 0.1, log=True)``
 ``k=tag(int, interval(1,8))``                   ``IntDistribution(1, 8)`` (``log`` combines)
+``k=int(interval(1,8))``                        ``IntDistribution(1, 8)`` (Hydra's cast; also
+                                                ``tag(log, int(interval(1,64)))``)
+``k=float(range(1,5))``                         ``FloatDistribution(1.0, 4.0, step=1.0)``
+``k=str(choice(1,2))`` / ``bool(choice(0,1))``  ``CategoricalDistribution(['1', '2'])`` /
+                                                ``([False, True])``
+``k=shuffle(a,b)`` / ``shuffle(range(1,4))``    ``CategoricalDistribution`` of the values (in
+                                                the declared order)
+``~k`` / ``~k=v``                               not swept: the key is deleted in every trial
 ``k=simplex(a,b,c)``                            weights ``k.a, k.b, k.c`` ≥ 0 summing to 1
                                                 (see :class:`Simplex`)
 ``k=v``                                         not swept: passed unchanged to every trial
@@ -33,6 +41,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
+    ChoiceSweep,
     IntervalSweep,
     Override,
     Quote,
@@ -256,6 +265,15 @@ def _float_range_last(start: float, stop: float, step: float) -> tuple[float, fl
     return float(d0), float(d0 + (n - 1) * ds), float(ds)
 
 
+def _range_values(start: float, stop: float, step: float) -> list[Any]:
+    """The values of ``range(start, stop, step)`` in order (floats by Decimal steps, as Hydra)."""
+    if all(isinstance(x, int) for x in (start, stop, step)):
+        return list(range(int(start), int(stop), int(step)))
+    d0, ds = decimal.Decimal(str(start)), decimal.Decimal(str(step))
+    n = math.ceil((decimal.Decimal(str(stop)) - d0) / ds)
+    return [float(d0 + i * ds) for i in range(max(n, 0))]
+
+
 def distribution_for(override: Override) -> BaseDistribution | tuple[CategoricalDistribution, dict]:
     """The Optuna distribution of one sweep override (see the module docstring for the table)."""
     value = override.value()
@@ -272,7 +290,10 @@ def distribution_for(override: Override) -> BaseDistribution | tuple[Categorical
             raise SearchSpaceError(f"{key}: tags {sorted(tags)} do not apply to a choice")
         choices: list[Any] = []
         texts: dict[Any, str] = {}
-        for element in override.sweep_iterator():
+        assert isinstance(value, ChoiceSweep)
+        # the declared order, shuffle() or not: the sampler, not the order, decides (and a
+        # shuffled order would change the study's distributions from one run to the next)
+        for element in value.list:
             element = _convert(element)
             if isinstance(element, PRIMITIVES):
                 choices.append(element)
@@ -289,6 +310,10 @@ def distribution_for(override: Override) -> BaseDistribution | tuple[Categorical
         start, stop, step = value.start, value.stop, value.step
         if step is None or step == 0:
             raise SearchSpaceError(f"{key}: range() needs a non-zero step")
+        if value.shuffle:  # shuffle(range()): the range's values as categories (as the plugin)
+            if tags:
+                raise SearchSpaceError(f"{key}: tags {sorted(tags)} do not apply to shuffle()")
+            return CategoricalDistribution(_range_values(start, stop, step)), {}
         if all(isinstance(x, int) for x in (start, stop, step)):
             values = range(start, stop, step)
             if len(values) == 0:
@@ -311,7 +336,9 @@ def distribution_for(override: Override) -> BaseDistribution | tuple[Categorical
             raise SearchSpaceError(f"{key}: interval({lo}, {hi}) needs start < end")
         if log and lo <= 0:
             raise SearchSpaceError(f"{key}: tag(log, interval()) needs a positive start, got {lo}")
-        if "int" in tags:
+        # int(interval(a, b)) (Hydra's cast, also under tag(log, ...)) leaves integer bounds
+        cast_int = isinstance(value.start, int) and isinstance(value.end, int)
+        if "int" in tags or cast_int:
             if lo != int(lo) or hi != int(hi):
                 raise SearchSpaceError(f"{key}: tag(int, interval()) needs integer bounds")
             return IntDistribution(int(lo), int(hi), log=log)
@@ -361,6 +388,9 @@ def parse_search_space(
                 space.append(Param(key=key, name=ident, distribution=dist[0], texts=dist[1]))
             else:
                 space.append(Param(key=key, name=ident, distribution=dist))
+        elif ov.is_delete():  # ~key, ~key=value (the key element keeps its ~): every trial
+            value = ov.value()
+            fixed.append(key + ("" if value is None else f"={ov.get_value_element_as_str()}"))
         else:
             fixed.append(f"{key}={ov.get_value_element_as_str()}")
     return SearchSpace(fixed=fixed, params=space, simplexes=simplexes)
