@@ -324,11 +324,12 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             if entry["gain"] is None:  # an unlabelled target: perplexity only
                 continue
             named = {v: entry[v] if v != primary else entry["pretrained"] for v in rows}
-            bars[target] = {v: (r["test/acc"], *r["ci"]["test/acc"]) for v, r in named.items()}
-            gain_bars[target] = {
-                v: (g, entry["gain_intervals"][v]["lo"], entry["gain_intervals"][v]["hi"])
-                for v, g in entry["gains"].items()
-            }
+            if target not in members:  # a family's two arms: the shift plot and table show them
+                bars[target] = {v: (r["test/acc"], *r["ci"]["test/acc"]) for v, r in named.items()}
+                gain_bars[target] = {
+                    v: (g, entry["gain_intervals"][v]["lo"], entry["gain_intervals"][v]["hi"])
+                    for v, g in entry["gains"].items()
+                }
             plot_rows += [
                 {
                     "run": f"{target}/{v}",
