@@ -164,3 +164,24 @@ def test_a_stage_run_knows_its_dvc_experiment_and_its_data(
         [ex.info.experiment_id], filter_string="tags.`dvc.exp_name` = 'plush-mast'"
     )
     assert [r.info.run_id for r in found] == [exp_run.run_id]
+
+
+def test_losing_the_race_to_create_the_experiment_reads_the_winners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from transferlab.tracking import experiment_id
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    winner = mlflow.create_experiment("raced")  # another process got there first
+    real = mlflow.get_experiment_by_name
+    calls = []
+
+    def stale_first(name: str):  # our first look predates the winner's create
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", stale_first)
+    assert experiment_id("raced") == winner
+    assert len(calls) == 2

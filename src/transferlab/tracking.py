@@ -138,6 +138,25 @@ def interrupted(exc: BaseException | None) -> bool:
     return False
 
 
+def experiment_id(name: str) -> str:
+    """The MLflow experiment ``name``'s id, created if missing. Two processes starting on one
+    store may both find it missing: the one whose create loses the race (a unique-constraint
+    error) reads the winner's."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(mlflow.create_experiment(name))
+    except MlflowException:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
 class StageRun:
     """Context manager: one MLflow run for a stage execution, FAILED with the reason on error."""
 
@@ -172,8 +191,7 @@ class StageRun:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_name = str(self.logger_cfg.get("experiment", "transferlab"))
-        exp = mlflow.get_experiment_by_name(exp_name)
-        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(exp_name)
+        self.experiment_id = experiment_id(exp_name)
         commit = git_commit()
         self.exp_tags = experiment_tags(commit)
         tags = {

@@ -38,6 +38,7 @@ class Tracker:
     def __init__(self, tracking_uri: str | None, experiment: str) -> None:
         # lazy: mlflow costs ~1.1 s of import; a sweep imports this module with MLflow off too
         import mlflow
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -46,7 +47,15 @@ class Tracker:
         self.tracking_uri = mlflow.get_tracking_uri()
         self.client = MlflowClient(self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if exp is None:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except MlflowException:  # a second worker created it first: read theirs
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+        if exp is not None:
+            self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
 
     def _alive(self, run_id: str) -> bool:
