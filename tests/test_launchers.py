@@ -106,9 +106,9 @@ def test_project_sweep_app_under_submitit_local(tiny_pipeline: Path, tmp_path: P
     run(cmd, project, timeout=400)
     results = [json.loads((sweep_dir / str(i) / "result.json").read_text()) for i in (0, 1)]
     for r in results:
-        assert 0.0 <= r["metrics"]["val/acc"] <= 1.0 and len(r["history"]) == 1
+        assert 0.0 <= r["metrics"]["val/acc"] <= 1.0 and r["seeds"] == [0, 1]
     # Each job fine-tuned with its own override: same schedule, learning rates 10x apart.
-    lr0, lr1 = (r["history"][0]["train/lr"] for r in results)
+    lr0, lr1 = (r["history"]["0"][0]["train/lr"] for r in results)
     assert lr1 / lr0 == pytest.approx(10.0, rel=1e-5)
     assert len(list((sweep_dir / ".submitit").iterdir())) >= 2
 

@@ -65,6 +65,7 @@ MAIN = [
     "hydra.sweeper.pruner.kwargs.n_startup_trials=2",
     "hydra.sweeper.pruner.kwargs.n_warmup_steps=1",
     "hydra.sweeper.study_name=main",
+    "sweep.seeds=[0]",  # one seed per trial: the kill/resume and pruning tests time epochs
 ]
 
 
@@ -461,7 +462,12 @@ def test_a_multirun_without_a_search_config_gets_the_optuna_sweeper() -> None:
         "finetune.lr=interval(0,1)",
         "hparams_search=default",
     ]
-    for given in (["-m", "hparams_search=lr_freeze_wd"], ["-m", "hydra/sweeper=basic"], ["a=1"]):
+    for given in (
+        ["-m", "hparams_search=lr_freeze_wd", "finetune.lr=interval(0,1)"],
+        ["-m", "hydra/sweeper=basic"],
+        ["finetune.lr=interval(0,1)"],  # no multirun
+        ["-m", "finetune.lr=0.001,0.01", "finetune.freeze_depth=range(0,3)"],  # a grid: basic
+    ):
         assert with_default_sweeper(given) == given
 
 
@@ -483,6 +489,73 @@ def test_an_int_cast_interval_sweep_runs_on_the_default_sweeper(project: Path) -
     trials = _load(project, "intcast").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(isinstance(t.params["finetune.freeze_depth"], int) for t in trials)
+
+
+def test_the_pruner_sees_running_seed_means_at_one_step_per_seed_epoch() -> None:
+    import torch
+
+    from transferlab.sweep import pruning_callback
+
+    class Trial:
+        def __init__(self) -> None:
+            self.reports: list[tuple[float, int]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reports.append((value, step))
+
+        def should_prune(self) -> bool:
+            return False
+
+    trial = Trial()
+    first = {0: 0.2, 1: 0.4}  # seed 0's validation accuracy per epoch
+    cb = pruning_callback(trial, "val/acc", max_epochs=2, seed_index=1, n_seeds=2, earlier=[first])
+    for epoch, value in ((0, 0.6), (1, 0.8)):
+        trainer = SimpleNamespace(
+            sanity_checking=False,
+            current_epoch=epoch,
+            callback_metrics={"val/acc": torch.tensor(value)},
+        )
+        cb.on_validation_end(trainer, None)
+    # seed 1's epochs come after seed 0's (steps 2, 3); each value is the mean over seeds so far
+    assert [(round(v, 6), s) for v, s in trial.reports] == [(0.4, 2), (0.6, 3)]
+    assert cb.values == {0: pytest.approx(0.6), 1: pytest.approx(0.8)}
+
+
+def test_a_study_runs_two_seeds_per_trial_and_re_evaluates_its_best_on_held_out_seeds(
+    project: Path,
+) -> None:
+    run(
+        [
+            *SWEEP,
+            "hparams_search=lr_freeze_wd",
+            "+debug=tiny",  # study.seeds = [0, 1]: two seeds per trial
+            "trainer.num_threads=1",
+            "finetune.max_steps.image=6",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=seeded",
+            "sweep.heldout_seeds=[7]",
+        ],
+        project,
+        timeout=900,
+    )
+    study = _load(project, "seeded")
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) >= 1
+    con = sqlite3.connect(project / "mlflow.db")
+    for t in done:
+        rows = dict(
+            con.execute(
+                "SELECT key, value FROM latest_metrics WHERE run_uuid = ?",
+                (t.user_attrs["mlflow_run_id"],),
+            )
+        )
+        seeds = [rows["val/acc/seed0"], rows["val/acc/seed1"]]
+        assert rows["val/acc/seed_mean"] == pytest.approx(sum(seeds) / 2)
+        assert t.value == pytest.approx(rows["val/acc/seed_mean"])
+    held = study.user_attrs["heldout"]
+    assert held["heldout_seeds"] == [7] and held["search_seeds"] == [0, 1]
+    assert held["search_value"] == pytest.approx(study.best_value)
+    assert 0.0 <= held["heldout_value"] <= 1.0
 
 
 def test_killed_sweep_resumes_to_exactly_n_trials(swept: SimpleNamespace) -> None:

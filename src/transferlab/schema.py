@@ -1087,6 +1087,17 @@ class SweepConf:
     pretrain: bool = knob(
         False, "true: each trial pre-trains its own backbone first (to sweep pre-training knobs)"
     )
+    seeds: list[int] | None = knob(
+        None,
+        "seeds each trial runs its setting on (few-shot draw, head init, data order); the trial "
+        "returns the seed-mean and the pruner sees seed-means. null: study.seeds. [0] for a "
+        "quick search",
+    )
+    heldout_seeds: list[int] = knob(
+        [1000, 1001, 1002],
+        "after the study, the best setting is re-run on these seeds (none used by the search) "
+        "and its held-out value reported next to its search-time value; [] = off",
+    )
 
 
 # --------------------------------------------------------------------------- the root

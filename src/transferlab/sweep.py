@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from transferlab.config import conf_dir, primary_objective, validate
@@ -120,16 +122,34 @@ def reduce_history(
     return out
 
 
-def pruning_callback(trial: Any, monitor: str, max_epochs: int) -> Any:
+def pruning_callback(
+    trial: Any,
+    monitor: str,
+    max_epochs: int,
+    seed_index: int = 0,
+    n_seeds: int = 1,
+    earlier: list[dict[int, float]] | None = None,
+) -> Any:
     """A Lightning callback reporting ``monitor`` to the Optuna trial after each validation epoch.
 
-    When the study's pruner says so it raises ``optuna.TrialPruned``, which ends ``fit`` and is
-    recorded as PRUNED. Never at the last epoch: the budget is spent, the trial counts as finished.
+    A trial runs its setting on several seeds, one after the other (``sweep.seeds``). The value
+    reported for epoch ``e`` of the ``k``-th seed is the mean of that epoch's value over the seeds
+    run so far, ``k`` earlier ones (``earlier``: their epoch → value) and this one, at step
+    ``k · max_epochs + e``: every trial's value at a step means the same thing (the seed-mean of
+    one epoch over the first ``k + 1`` seeds), which is what the pruner compares trials by. When
+    the pruner says so it raises ``optuna.TrialPruned``, which ends ``fit`` and is recorded as
+    PRUNED. Never at the last epoch of the last seed: the budget is spent, the trial counts as
+    finished. This fit's own values are collected in ``self.values`` (epoch → value).
     """
     import optuna
     from lightning.pytorch.callbacks import Callback
 
+    before = earlier or []
+
     class OptunaReport(Callback):
+        def __init__(self) -> None:
+            self.values: dict[int, float] = {}
+
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking or monitor not in trainer.callback_metrics:
                 return
@@ -137,9 +157,15 @@ def pruning_callback(trial: Any, monitor: str, max_epochs: int) -> Any:
             value = float(trainer.callback_metrics[monitor])
             if not math.isfinite(value):
                 raise TrainingError(f"{monitor} became {value} at epoch {epoch}")
-            trial.report(value, step=epoch)
-            if epoch + 1 < max_epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: {monitor}={value:.4g}")
+            self.values[epoch] = value
+            seen = [v[epoch] for v in before if epoch in v] + [value]
+            mean = sum(seen) / len(seen)
+            trial.report(mean, step=seed_index * max_epochs + epoch)
+            last = seed_index + 1 == n_seeds and epoch + 1 >= max_epochs
+            if not last and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned at epoch {epoch} of seed {seed_index}: seed-mean {monitor}={mean:.4g}"
+                )
 
     return OptunaReport()
 
@@ -202,48 +228,101 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
     data = route.target_data(spec.target)
 
     ctx = trial_context()
-    callbacks = []
-    if ctx is not None and not ctx.multi_objective:
-        n_train = int(run_cfg.data[spec.route].shots_per_class) * len(data["classes"])
-        steps = int(cfg.finetune.max_steps[spec.route])
-        epochs = epochs_for(steps, n_train, int(cfg.finetune.batch_size))
-        callbacks.append(pruning_callback(ctx.trial(), spec.metrics[0], epochs))
-    logger: Any = False
-    if ctx is not None and ctx.mlflow_run_id and cfg.logger.enabled:
-        logger = make_buffered_logger(str(cfg.logger.tracking_uri), ctx.mlflow_run_id)
-
-    fit = fit_for(run_cfg, spec.target, variant)
+    seeds = trial_seeds(cfg)
+    n_train = int(run_cfg.data[spec.route].shots_per_class) * len(data["classes"])
+    steps = int(cfg.finetune.max_steps[spec.route])
+    epochs = epochs_for(steps, n_train, int(cfg.finetune.batch_size))
+    uri = str(cfg.logger.tracking_uri)
+    run_id = ctx.mlflow_run_id if ctx is not None and cfg.logger.enabled else None
     trainer_cfg = OmegaConf.merge(run_cfg.trainer, {"fit_workers": 1})  # the trial's own process
+    per_seed: list[list[float]] = []
+    histories: dict[str, list[dict[str, float]]] = {}
+    reported: list[dict[int, float]] = []
     with fit_executor(route, {spec.target: data}, trainer_cfg, 1) as execute:
-        (res,) = execute([fit], state=False, logger=logger, callbacks=callbacks)
-    if res.error is not None:
-        raise res.error
-    history = res.history
-    values = reduce_history(history, spec.metrics, spec.directions, spec.reduce)
+        for k, seed in enumerate(seeds):
+            callbacks: list[Any] = []
+            if ctx is not None and not ctx.multi_objective:
+                callbacks.append(
+                    pruning_callback(ctx.trial(), spec.metrics[0], epochs, k, len(seeds), reported)
+                )
+            # the first seed's curves go to the trial's MLflow run; every seed's result below
+            logger: Any = make_buffered_logger(uri, run_id) if run_id and k == 0 else False
+            fit = fit_for(run_cfg, spec.target, variant, seed=seed)
+            (res,) = execute([fit], state=False, logger=logger, callbacks=callbacks)
+            if res.error is not None:
+                raise res.error
+            if callbacks:
+                reported.append(callbacks[0].values)
+            histories[str(seed)] = res.history
+            per_seed.append(reduce_history(res.history, spec.metrics, spec.directions, spec.reduce))
+    values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(spec.metrics))]
+    spread = {
+        m: float(np.std([v[i] for v in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0
+        for i, m in enumerate(spec.metrics)
+    }
+    if run_id:
+        log_seed_values(uri, run_id, spec.metrics, seeds, per_seed, values, spread)
     write_json(
         out / "result.json",
         {
             "target": spec.target,
             "variant": spec.variant,
             "reduce": spec.reduce,
+            "seeds": seeds,
             "metrics": dict(zip(spec.metrics, values, strict=True)),
-            "history": history,
+            "per_seed": {m: [v[i] for v in per_seed] for i, m in enumerate(spec.metrics)},
+            "sd": spread,
+            "history": histories,
         },
     )
     return values[0] if len(values) == 1 else values
+
+
+def trial_seeds(cfg: DictConfig) -> list[int]:
+    """The seeds a trial runs its setting on: ``sweep.seeds``, or the study's (``study.seeds``)."""
+    seeds = cfg.sweep.get("seeds")
+    return [int(s) for s in (cfg.study.seeds if seeds is None else seeds)]
+
+
+def log_seed_values(
+    uri: str,
+    run_id: str,
+    metrics: list[str],
+    seeds: list[int],
+    per_seed: list[list[float]],
+    means: list[float],
+    spread: dict[str, float],
+) -> None:
+    """Each seed's value (``<metric>/seed<s>``), the mean and the sd on the trial's MLflow run."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    rows = [
+        Metric(f"{m}/seed{s}", float(v[i]), ts, 0)
+        for i, m in enumerate(metrics)
+        for s, v in zip(seeds, per_seed, strict=True)
+    ]
+    rows += [Metric(f"{m}/seed_mean", float(means[i]), ts, 0) for i, m in enumerate(metrics)]
+    rows += [Metric(f"{m}/seed_sd", float(spread[m]), ts, 0) for m in metrics]
+    MlflowClient(uri).log_batch(run_id, metrics=rows)
 
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def with_default_sweeper(argv: list[str]) -> list[str]:
-    """``argv`` with ``hparams_search=default`` added to a multirun that names neither a search
-    config nor a sweeper: without it Hydra's basic sweeper takes the Optuna knobs and stops with
-    ``Key 'n_trials' not in 'BasicSweeperConf'``."""
+    """``argv`` with ``hparams_search=default`` added to a multirun whose search space needs
+    Optuna (``interval()``, ``tag()``, ``simplex()``: Hydra's basic sweeper cannot sample them)
+    and that names neither a search config nor a sweeper. A plain grid (``a=1,2``, ``range()``)
+    stays with Hydra's basic sweeper and its launchers, as in any Hydra app."""
     if not any(a in MULTIRUN_FLAGS for a in argv):
         return argv
     named = ("hparams_search=", "+hparams_search=", "hydra/sweeper=")
     if any(a.startswith(named) for a in argv):
+        return argv
+    sampled = ("interval(", "tag(", "simplex(")
+    if not any("=" in a and any(f in a.split("=", 1)[1] for f in sampled) for a in argv):
         return argv
     return [*argv, "hparams_search=default"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import math
 import os
@@ -239,6 +240,7 @@ class SweepRun:
                     batch = self._drop_surplus(batch)
                 if batch:
                     self._run_batch(batch)
+            self.heldout = self._heldout()
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -499,15 +501,78 @@ class SweepRun:
     def _best(self) -> list[Any]:
         return best_trials(self.study)
 
+    def _heldout(self) -> dict[str, Any] | None:
+        """Re-run the best setting on ``sweep.heldout_seeds`` (seeds no trial ran on): how much of
+        its search-time value was the search fitting its own seeds. One job, outside any trial
+        (no pruning, no child run); the result goes to ``<sweep dir>/heldout.json``, the study's
+        user attrs, the log line and the MLflow parent run."""
+        seeds = OmegaConf.select(self.config, "sweep.heldout_seeds", default=None)
+        best = self._best()
+        if not seeds or not best or self.n_obj > 1 or "overrides" not in best[0].user_attrs:
+            return None
+        b = best[0]
+        held = [int(x) for x in seeds]
+        search = OmegaConf.select(self.config, "sweep.seeds", default=None)
+        if search is None:
+            search = OmegaConf.select(self.config, "study.seeds", default=[])
+        overlap = sorted(set(held) & {int(x) for x in search})
+        if overlap:
+            raise SweeperConfigError(
+                f"sweep.heldout_seeds shares {overlap} with the search's seeds {list(search)}: "
+                "held-out seeds must be ones no trial ran on"
+            )
+        overrides = [
+            *b.user_attrs["overrides"],
+            f"sweep.seeds=[{','.join(map(str, held))}]",
+            "hydra.sweep.subdir=heldout",
+            f"++hydra.job.env_set.{ENV}=''",  # not a trial: no report, no child run
+        ]
+        log.info("re-running best trial %d on held-out seeds %s", b.number, held)
+        try:
+            (ret,) = self.launcher.launch([overrides], initial_job_idx=len(self.study.trials))
+            value = float(ret.return_value)
+        except Exception as exc:  # the study stands; only its held-out check is missing
+            log.warning("held-out re-evaluation failed: %s", one_line(exc))
+            return None
+        info = {
+            "trial": b.number,
+            "metric": self.metric_names[0],
+            "search_seeds": [int(x) for x in search],
+            "search_value": float(b.values[0]),
+            "heldout_seeds": held,
+            "heldout_value": value,
+            "drop": float(b.values[0]) - value,
+        }
+        self.study.set_user_attr("heldout", info)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        (sweep_dir / "heldout.json").write_text(json.dumps(info, indent=1))
+        return info
+
     def _finish(self, status: str) -> None:
         counts = self.counts()
         best = self._best()
+        heldout = getattr(self, "heldout", None)
         path = None
         try:
             if best and self.s.get("export_best", True):
                 path = self._export(best[0])
         except Exception as exc:
             log.warning("could not export the best trial: %s", one_line(exc))
+        if self.tracker is not None and heldout is not None and self.tracker.parent_id:
+            try:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                m = heldout["metric"]
+                self.tracker.client.log_batch(
+                    self.tracker.parent_id,
+                    metrics=[
+                        Metric(f"best/{m}/search", heldout["search_value"], now, 0),
+                        Metric(f"best/{m}/heldout", heldout["heldout_value"], now, 0),
+                    ],
+                )
+            except Exception as exc:
+                log.warning("could not log the held-out value: %s", one_line(exc))
         if self.tracker is not None:
             try:
                 self.tracker.close_parent(
@@ -535,6 +600,11 @@ class SweepRun:
                 f"{n}={v:.4g}" for n, v in zip(self.metric_names, b.values, strict=True)
             )
             summary += f"; best trial {b.number}: {values}"
+            if heldout is not None:
+                summary += (
+                    f" on the search seeds {heldout['search_seeds']}, "
+                    f"{heldout['heldout_value']:.4g} on held-out seeds {heldout['heldout_seeds']}"
+                )
         if path is not None:
             summary += f"; best config: {path}"
         log.info(summary)
