@@ -558,6 +558,26 @@ def test_a_study_runs_two_seeds_per_trial_and_re_evaluates_its_best_on_held_out_
     assert 0.0 <= held["heldout_value"] <= 1.0
 
 
+def test_a_held_out_seed_the_search_uses_is_refused_before_any_trial(project: Path) -> None:
+    proc = run(
+        [
+            *SWEEP,
+            "hparams_search=lr_freeze_wd",
+            "+debug=tiny",
+            "hydra.sweeper.study_name=overlap",
+            "sweep.heldout_seeds=[1,7]",  # study.seeds of debug/tiny: [0, 1]
+        ],
+        project,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "sweep.heldout_seeds shares [1] with the search's seeds [0, 1]" in proc.stderr
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{project / 'optuna.db'}")
+    ]
+    assert "overlap" not in names
+
+
 def test_killed_sweep_resumes_to_exactly_n_trials(swept: SimpleNamespace) -> None:
     trials = swept.study.get_trials()
     states = [t.state for t in trials]

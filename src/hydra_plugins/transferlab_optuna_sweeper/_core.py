@@ -156,6 +156,7 @@ class SweepRun:
                 "nothing to sweep: give hydra.sweeper.params or a sweep override such as "
                 "finetune.lr=tag(log,interval(1e-4,1e-1))"
             )
+        self._seeds()  # a held-out seed the search also uses: refused before any trial
         self.directions = directions_of(s.get("direction", "minimize"))
         self.n_obj = len(self.directions)
         self.metric_names = self._metric_names(self.n_obj)
@@ -501,26 +502,34 @@ class SweepRun:
     def _best(self) -> list[Any]:
         return best_trials(self.study)
 
+    def _seeds(self) -> tuple[list[int], list[int]]:
+        """``(sweep.heldout_seeds, the search's seeds)``; a held-out seed a trial also runs on
+        is refused before the study starts."""
+        held = [
+            int(x) for x in OmegaConf.select(self.config, "sweep.heldout_seeds", default=[]) or []
+        ]
+        search = OmegaConf.select(self.config, "sweep.seeds", default=None)
+        if search is None:
+            search = OmegaConf.select(self.config, "study.seeds", default=[]) or []
+        search = [int(x) for x in search]
+        overlap = sorted(set(held) & set(search))
+        if overlap:
+            raise SweeperConfigError(
+                f"sweep.heldout_seeds shares {overlap} with the search's seeds {search}: "
+                "held-out seeds must be ones no trial runs on"
+            )
+        return held, search
+
     def _heldout(self) -> dict[str, Any] | None:
         """Re-run the best setting on ``sweep.heldout_seeds`` (seeds no trial ran on): how much of
         its search-time value was the search fitting its own seeds. One job, outside any trial
         (no pruning, no child run); the result goes to ``<sweep dir>/heldout.json``, the study's
         user attrs, the log line and the MLflow parent run."""
-        seeds = OmegaConf.select(self.config, "sweep.heldout_seeds", default=None)
+        held, search = self._seeds()
         best = self._best()
-        if not seeds or not best or self.n_obj > 1 or "overrides" not in best[0].user_attrs:
+        if not held or not best or self.n_obj > 1 or "overrides" not in best[0].user_attrs:
             return None
         b = best[0]
-        held = [int(x) for x in seeds]
-        search = OmegaConf.select(self.config, "sweep.seeds", default=None)
-        if search is None:
-            search = OmegaConf.select(self.config, "study.seeds", default=[])
-        overlap = sorted(set(held) & {int(x) for x in search})
-        if overlap:
-            raise SweeperConfigError(
-                f"sweep.heldout_seeds shares {overlap} with the search's seeds {list(search)}: "
-                "held-out seeds must be ones no trial ran on"
-            )
         overrides = [
             *b.user_attrs["overrides"],
             f"sweep.seeds=[{','.join(map(str, held))}]",
@@ -537,7 +546,7 @@ class SweepRun:
         info = {
             "trial": b.number,
             "metric": self.metric_names[0],
-            "search_seeds": [int(x) for x in search],
+            "search_seeds": search,
             "search_value": float(b.values[0]),
             "heldout_seeds": held,
             "heldout_value": value,
