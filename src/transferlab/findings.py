@@ -19,11 +19,11 @@ against its random-init twin).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from transferlab.stats import paired_gain
+from transferlab.stats import paired_gain, resolved
 
 NOT_RESOLVED = "not resolved at this budget"
 
@@ -109,12 +109,43 @@ def _named(entry: Mapping[str, Any], primary: str) -> dict[str, Mapping[str, Any
     return rows
 
 
-def _labelled(ev: Mapping[str, Any], families: set[str]) -> dict[str, Mapping[str, Any]]:
+def labelled_targets(
+    ev: Mapping[str, Any], members: Set[str] = frozenset()
+) -> dict[str, Mapping[str, Any]]:
+    """The entries of ``evaluate.json`` with classes (a gain), the members of a shift family left
+    out (they fit two arms; the family's own table and findings read them)."""
     return {
         t: e
         for t, e in ev.get("targets", {}).items()
-        if e.get("gain") is not None and t not in families
+        if e.get("gain") is not None and t not in members
     }
+
+
+def family_members(sh: Mapping[str, Any]) -> set[str]:
+    """The corrupted members of every family in ``shift.json`` (not their clean base)."""
+    return {t for f in (sh.get("families") or {}).values() for t in f["targets"][1:]}
+
+
+def ood_partners(row: Mapping[str, Any]) -> list[str]:
+    """The OOD partners an evaluate row was scored on (its ``ood/<partner>/acc`` keys)."""
+    return [k.split("/")[1] for k in row if k.startswith("ood/") and k != "ood/acc"]
+
+
+def ood_arms(
+    ev: Mapping[str, Any], entry: Mapping[str, Any], endpoints: bool = False
+) -> list[tuple[str, str]]:
+    """``(strategy, row key)`` of the strategies Kumar et al. and Wortsman et al. compare in and
+    out of distribution: full fine-tuning (FT), the linear probe (LP), LP-FT and the WiSE-FT
+    mixes (``endpoints``: also α = 0 and 1, which equal LP and LP-FT)."""
+    primary = str(ev.get("primary_objective"))
+    prefix = f"{primary}/wise_"
+    mixes = remedies(ev, entry) if not endpoints else list(entry)
+    return [
+        ("FT", "pretrained"),
+        ("LP", f"{primary}/linear_probe"),
+        ("LP-FT", f"{primary}/lp_ft"),
+        *((f"WiSE-FT α={v.removeprefix(prefix)}", v) for v in mixes if v.startswith(prefix)),
+    ]
 
 
 def objective_findings(
@@ -124,7 +155,7 @@ def objective_findings(
     compares with the random-init and raw-input floors."""
     out = []
     primary = str(ev.get("primary_objective"))
-    for t, e in _labelled(ev, families).items():
+    for t, e in labelled_targets(ev, families).items():
         rows = _named(e, primary)
         probes = {n: r for n, r in rows.items() if n.endswith("/linear_probe")}
         cmp = best_of(probes, conf)
@@ -192,7 +223,7 @@ def remedy_findings(
 ) -> list[Finding]:
     """Each remedy against full fine-tuning of the primary, target by target."""
     primary = str(ev.get("primary_objective"))
-    labelled = _labelled(ev, families)
+    labelled = labelled_targets(ev, families)
     names = list(dict.fromkeys(v for e in labelled.values() for v in remedies(ev, e)))
     out = []
     for v in names:
@@ -221,26 +252,13 @@ def remedy_findings(
 def ood_findings(route: str, ev: Mapping[str, Any], conf: float) -> list[Finding]:
     """In-distribution vs OOD accuracy of FT, LP, LP-FT and WiSE-FT on each target with an OOD
     partner, and which strategy is best out of distribution."""
-    primary = str(ev.get("primary_objective"))
     out = []
     for t, e in ev.get("targets", {}).items():
         pre = e.get("pretrained") or {}
         if "ood/acc" not in pre:
             continue
-        partner = next(
-            (k.split("/")[1] for k in pre if k.startswith("ood/") and k != "ood/acc"), "?"
-        )
-        names = {
-            "FT": "pretrained",
-            "LP": f"{primary}/linear_probe",
-            "LP-FT": f"{primary}/lp_ft",
-            **{
-                f"WiSE-FT α={v.removeprefix(f'{primary}/wise_')}": v
-                for v in remedies(ev, e)
-                if v.startswith(f"{primary}/wise_")
-            },
-        }
-        rows = {s: e[n] for s, n in names.items() if n in e}
+        partner = next(iter(ood_partners(pre)), "?")
+        rows = {s: e[n] for s, n in ood_arms(ev, e) if n in e}
         ood_rows = {
             s: {
                 "test/acc": r.get("ood/acc"),
@@ -264,8 +282,7 @@ def _corr(c: Mapping[str, Any], key: str = "spearman") -> tuple[str, bool]:
     rho, (lo, hi) = c.get(key), c.get(f"{key}_ci") or (None, None)
     if rho is None:
         return "undefined", False
-    resolved = lo is not None and hi is not None and (lo > 0 or hi < 0)
-    return f"ρ = {rho:+.3f} {_iv(lo, hi, signed=True)}", resolved
+    return f"ρ = {rho:+.3f} {_iv(lo, hi, signed=True)}", resolved({"lo": lo, "hi": hi})
 
 
 def shift_findings(route: str, sh: Mapping[str, Any]) -> list[Finding]:
@@ -311,7 +328,7 @@ def pretraining_findings(route: str, ev: Mapping[str, Any], families: set[str]) 
     probe against its random-init floor (e.g. MiniLM against its random-init twin)."""
     primary = str(ev.get("primary_objective"))
     out = []
-    for t, e in _labelled(ev, families).items():
+    for t, e in labelled_targets(ev, families).items():
         g = {"mean": e["gain"], "lo": e["gain_ci"][0], "hi": e["gain_ci"][1]}
         verdict = (
             ("helps" if g["mean"] > 0 else "hurts") if e.get("gain_resolved") else NOT_RESOLVED
@@ -340,7 +357,7 @@ def build(reports: Mapping[str, Mapping[str, Any]], confidence: float = 0.95) ->
     out: list[Finding] = []
     for route, r in reports.items():
         ev, sh, cu = r.get("evaluate") or {}, r.get("shift") or {}, r.get("curves") or {}
-        members = {t for f in (sh.get("families") or {}).values() for t in f["targets"][1:]}
+        members = family_members(sh)
         if not ev:
             continue
         out += objective_findings(route, ev, members, confidence)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from transferlab.config import conf_dir, primary_objective, validate
@@ -37,6 +36,7 @@ from transferlab.pool import fit_executor
 from transferlab.routes import Route, get_route
 from transferlab.schema import REDUCE
 from transferlab.stages.fit import epochs_for
+from transferlab.stats import mean_ci
 from transferlab.study import Init, Variant, by_name, fit_for, variants
 from transferlab.tracking import make_buffered_logger
 from transferlab.training import configure_torch
@@ -255,11 +255,9 @@ def run_trial(cfg: DictConfig) -> float | list[float]:
                 reported.append(callbacks[0].values)
             histories[str(seed)] = res.history
             per_seed.append(reduce_history(res.history, spec.metrics, spec.directions, spec.reduce))
-    values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(spec.metrics))]
-    spread = {
-        m: float(np.std([v[i] for v in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0
-        for i, m in enumerate(spec.metrics)
-    }
+    over = [mean_ci([v[i] for v in per_seed]) for i in range(len(spec.metrics))]
+    values = [float(c["mean"]) for c in over]
+    spread = {m: float(c["sd"] or 0.0) for m, c in zip(spec.metrics, over, strict=True)}
     if run_id:
         log_seed_values(uri, run_id, spec.metrics, seeds, per_seed, values, spread)
     write_json(

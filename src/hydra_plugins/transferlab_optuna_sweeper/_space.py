@@ -257,16 +257,16 @@ def make_parser(config_loader: Any = None) -> OverridesParser:
 
 
 def _float_range_last(start: float, stop: float, step: float) -> tuple[float, float, float]:
-    # Decimal arithmetic, as Hydra's FloatRange, so range(0.1, 0.5, 0.1) ends at 0.4, not 0.5.
-    d0, d1, ds = (decimal.Decimal(str(x)) for x in (start, stop, step))
-    n = math.ceil((d1 - d0) / ds)
-    if n <= 0:
+    """First value, last value and step of a float range (its values: :func:`_range_values`)."""
+    values = _range_values(start, stop, step)
+    if not values:
         raise SearchSpaceError(f"range({start}, {stop}, {step}) is empty")
-    return float(d0), float(d0 + (n - 1) * ds), float(ds)
+    return values[0], values[-1], float(decimal.Decimal(str(step)))
 
 
 def _range_values(start: float, stop: float, step: float) -> list[Any]:
-    """The values of ``range(start, stop, step)`` in order (floats by Decimal steps, as Hydra)."""
+    """The values of ``range(start, stop, step)`` in order. Floats by Decimal steps, as Hydra's
+    FloatRange, so range(0.1, 0.5, 0.1) ends at 0.4, not 0.5."""
     if all(isinstance(x, int) for x in (start, stop, step)):
         return list(range(int(start), int(stop), int(step)))
     d0, ds = decimal.Decimal(str(start)), decimal.Decimal(str(step))

@@ -47,21 +47,21 @@ from transferlab.training import configure_torch
 
 def adapt_targets(
     route: Route,
-    arms: list[Variant],
+    arms: dict[str, list[Variant]],
     datasets: dict[str, Any],
     out: Path,
     tr: Tracker,
     summary: dict[str, Any],
 ) -> dict[tuple[str, str], str]:
-    """Continued (domain-adaptive) pre-training of each adaptable objective on every target, the
-    unlabelled ones included (their perplexity is reported). Saves each adapted backbone as
+    """Continued (domain-adaptive) pre-training for every DAPT arm of ``arms[target]`` (the arms
+    a target fits: a shift family's members only theirs), the unlabelled targets included (their
+    perplexity is reported). Saves each adapted backbone as
     ``<out>/<o>_dapt/<target>.backbone.pt``, fills ``summary["dapt"][target][<o>_dapt]`` with the
     route's before/after measures and the history, and returns ``{(target, <o>_dapt): path}``."""
     cfg = route.cfg
     paths: dict[tuple[str, str], str] = {}
-    adapted = [v for v in arms if v.init.kind == "adapted"]
     for target, data in datasets.items():
-        for v in adapted:
+        for v in (v for v in arms[target] if v.init.kind == "adapted"):
             o = str(v.init.objective)
             logger = tr.lightning_logger(
                 f"dapt:{route.name}:{target}:{o}", {"target": target, "variant": v.name}
@@ -83,8 +83,8 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
     arms = variants(cfg, route)
     labelled = [t for t, d in datasets.items() if route.labelled(d)]
     members = route.family_members()
-    on = {t: target_arms(cfg, arms, t in members) for t in labelled}
-    n_fits = sum(len(a) for a in on.values())  # at least: the pool starts no more workers
+    on = {t: target_arms(cfg, arms, t in members) for t in datasets}  # each target's arms
+    n_fits = sum(len(on[t]) for t in labelled)  # at least: the pool starts no more workers
     summary: dict[str, Any] = {"route": route.name, "protocol": asdict(protocol), "targets": {}}
     progress = bool(cfg.trainer.enable_progress_bar)
     tags = {"route": route.name, "run_name": f"finetune:{route.name}"}
@@ -97,7 +97,7 @@ def run(cfg: DictConfig, rt: Runtime) -> dict[str, Any]:
             atomic_dir(route.dirs["finetune"]) as out,
             progress_bar(progress, hosts_fits=True) as bar,
         ):
-            adapted = adapt_targets(route, arms, datasets, out, tr, summary)
+            adapted = adapt_targets(route, on, datasets, out, tr, summary)
             base = {
                 (t, v.name): fit_for(cfg, t, v, adapted=adapted.get((t, v.name)))
                 for t in labelled

@@ -185,10 +185,8 @@ def _along(
     Spearman correlation of severity with gain (bootstrap interval over members and seeds)."""
     names = [t for t in fam["targets"] if t in rows and rows[t].get("gain") is not None]
     sev = dict(zip(fam["targets"], fam["severities"], strict=True))
-    table = {
-        "severity": {t: {"severity": sev[t], **rows[t]} for t in names},
-    }
-    corr = measures.correlation_table(table["severity"], ["severity"], n_boot, seed, conf)
+    members = {t: {"severity": sev[t], **rows[t]} for t in names}
+    corr = measures.correlation_table(members, ["severity"], n_boot, seed, conf)
     return {
         "gains": {t: rows[t]["gain"] for t in names},
         "gain_intervals": {t: rows[t].get("gain_ci") for t in names},
